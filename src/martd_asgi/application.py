@@ -63,6 +63,7 @@ class MartdApp:
             stall=settings.sub_stall,
             ping=settings.ping,
         )
+        self.router.sndbuf = settings.sub_sndbuf
         self.backend: Backend = make_backend(settings.backend, hold=settings.hold)
         configure_backend(self.backend, settings)
         self.limits = Limits(settings, self.authority, self.router, self.backend)

@@ -43,6 +43,10 @@ FIELDS: dict[str, tuple[str, str]] = {
         "MARTD_SUB_STALL",
         "seconds a subscriber's connection may stay blocked before it is disconnected",
     ),
+    "sub_sndbuf": (
+        "MARTD_SUB_SNDBUF",
+        "bytes of kernel send buffer for each stream connection (`0`: the kernel's own sizing)",
+    ),
     "grace": ("MARTD_GRACE", "seconds given to open connections to close on shutdown"),
     "max_channels_total": (
         "MARTD_MAX_CHANNELS_TOTAL",
@@ -91,6 +95,7 @@ class Settings:
     sub_buffer_bytes: int = 4 * 1024 * 1024
     sub_stall: float = 30.0
     grace: float = 4.0
+    sub_sndbuf: int = 0
     max_channels_total: int = 100_000
     max_subscribers: int = 0
     max_connections_per_address: int = 1000
@@ -110,6 +115,7 @@ class Settings:
             ("sub_buffer_bytes", 1),
             ("sub_stall", 0.05),
             ("grace", 0),
+            ("sub_sndbuf", 0),
             ("max_channels_total", 0),
             ("max_subscribers", 0),
             ("max_connections_per_address", 0),

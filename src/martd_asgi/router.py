@@ -14,6 +14,7 @@ resumes by etag; it never slows the publisher or anyone else.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -29,13 +30,18 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
     """Run to its end a coroutine that was started by hand and has suspended.
 
     It yielded what it awaits (an asyncio future, or None for a bare yield); we
-    wait for that as its Task would have, then step it again.
+    wait for that as its Task would have, then step it again. Yielding marked the
+    future as being waited for (``_asyncio_future_blocking``); a Task clears that
+    mark when it takes the future, and so must we, or awaiting it again fails
+    ("await wasn't used with future").
     """
     while True:
         try:
             if yielded is None:
                 await asyncio.sleep(0)
             else:
+                if getattr(yielded, "_asyncio_future_blocking", False):
+                    yielded._asyncio_future_blocking = False
                 await yielded
         except asyncio.CancelledError:
             coro.close()
@@ -46,6 +52,39 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
             yielded = coro.send(None)
         except StopIteration:
             return
+
+
+def drop_connection(send: Send) -> None:
+    """Close the connection under ``send`` now, discarding what it holds unsent.
+
+    A connection that does not drain would otherwise stay open until the client
+    reads what the server buffered for it, and the server would log the handler's
+    early return as an error. uvicorn's ``send`` is a bound method of an object
+    that holds the connection's transport; other servers (or middleware wrapping
+    ``send``) close the connection themselves when the handler returns.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    abort = getattr(transport, "abort", None)
+    if abort is not None:
+        abort()
+
+
+def set_send_buffer(send: Send, size: int) -> None:
+    """Bound the kernel's send buffer of the connection under ``send`` (uvicorn only).
+
+    Linux grows a socket's send buffer up to ``net.ipv4.tcp_wmem`` (4 MiB by
+    default) for a client that does not read, before ``send`` ever suspends; a
+    small fixed buffer bounds that kernel memory and lets the slow-consumer
+    policy see the client sooner.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    get_extra_info = getattr(transport, "get_extra_info", None)
+    sock = get_extra_info("socket") if get_extra_info is not None else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except (OSError, AttributeError):
+            pass
 
 
 def _uncancel() -> None:
@@ -247,6 +286,7 @@ class Subscriber:
         if self.task is not None:
             self.task.cancel()
             self.task = None
+        drop_connection(self.send)
         self.wake()
 
     def lost(self) -> None:
@@ -309,6 +349,7 @@ class Router:
             "connections_total": 0,
         }
         self.on_deliver: Callable[[Message, int], None] | None = None
+        self.sndbuf = 0  # bytes: the kernel send buffer of stream connections (0: as is)
 
     # -- registry
 
@@ -320,6 +361,8 @@ class Router:
             subs[sub] = None
         if sub.stream:
             self.streams[sub] = None
+            if self.sndbuf:
+                set_send_buffer(sub.send, self.sndbuf)
         self.counters["connections_total"] += 1
 
     def remove(self, sub: Subscriber) -> None:
