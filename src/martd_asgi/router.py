@@ -24,6 +24,7 @@ from .backends.base import Control, Event
 from .channels import ZERO, EtagKey, Message
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+SHUTDOWN_STALL = 1.0  # seconds a send may stay blocked once shutdown began
 
 
 async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
@@ -272,6 +273,9 @@ class Subscriber:
             return
         self.closed = True
         self.router.remove(self)
+        if self.task is not None:
+            # still parked: the stall limit applies to its last words too
+            self.router.parked.add(self)
         if self.backlog:
             self.backlog = deque(item for item in self.backlog if isinstance(item, dict))
         for event in events:
@@ -412,6 +416,10 @@ class Router:
         sub.end("slow")
 
     def close_all(self, reason: str) -> None:
+        if reason == "shutdown":
+            # A subscriber parked on a full socket cannot take its goodbye; do not
+            # let it hold the process past the grace period.
+            self.stall = min(self.stall, SHUTDOWN_STALL)
         subs = {s for group in self.by_channel.values() for s in group}
         for sub in subs:
             sub.end(reason)
@@ -449,7 +457,7 @@ class Router:
                     event = sub.ping_event()
                     if event is not None:
                         sub.push(event)
-        for sub in [s for s in self.parked if now - s.since > self.stall and not s.closed]:
+        for sub in [s for s in self.parked if now - s.since > self.stall]:
             self.cut(sub)
         if self._wake:
             due = [sub for when, sub in self._wake if when <= now]
