@@ -169,3 +169,13 @@ def test_pattern_has_no_regex_meaning_and_no_backtracking() -> None:
     for bad in ("a(b", "a[b]", "a+", "a b", "", "x" * 300):
         with pytest.raises(ValueError):
             Pattern(bad)
+
+
+def test_tokens_settings_never_show_secrets() -> None:
+    from martd_asgi.config import Settings
+
+    settings = Settings.from_env({}, secret="bearer-" + "b" * 30, token_secret="tok-" + "t" * 30)
+    assert settings.signing_secret == "tok-" + "t" * 30
+    assert "b" * 30 not in repr(settings) and "t" * 30 not in repr(settings)
+    assert Settings.from_env({"MARTD_SECRET": "only"}).signing_secret == "only"
+    assert Settings.from_env({"MARTD_TOKEN_SECRET": ""}).signing_secret is None
