@@ -114,11 +114,11 @@ def cookie(headers: Mapping[str, str], name: str = COOKIE) -> str | None:
     return None
 
 
-def cross_site(headers: Mapping[str, str], origins: Sequence[str]) -> bool:
+def cross_site(headers: Mapping[str, str], origins: frozenset[str]) -> bool:
     """Whether the browser says this request comes from another site not listed for CORS."""
     if headers.get("sec-fetch-site", "") != "cross-site":
         return False
-    return headers.get("origin") not in origins
+    return headers.get("origin", "").rstrip("/") not in origins
 
 
 class Authority:
@@ -129,6 +129,9 @@ class Authority:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.private = patterns(settings.private)
+        self.cookie_origins = frozenset(
+            origin.rstrip("/") for origin in settings.cors_origins if origin != "*"
+        )
         self._cache: OrderedDict[str, Grants] = OrderedDict()
         signing = settings.signing_secret
         if signing is not None and len(signing.encode()) < MIN_SECRET_BYTES:
@@ -191,7 +194,7 @@ class Authority:
         if query.get("token"):
             found.append(query["token"])
         from_cookie = cookie(headers)
-        if from_cookie is not None and not cross_site(headers, self.settings.cors_origins):
+        if from_cookie is not None and not cross_site(headers, self.cookie_origins):
             found.append(from_cookie)
         return found
 
