@@ -96,22 +96,23 @@ def bearer(headers: Mapping[str, str]) -> str | None:
 
 
 COOKIE = "martd_auth"
-NO_GRANTS = Grants()
 
 
-def cookie(headers: Mapping[str, str], name: str = COOKIE) -> str | None:
-    """The value of one cookie from the ``Cookie`` header (the first one, if repeated)."""
+def cookies(headers: Mapping[str, str], name: str = COOKIE) -> list[str]:
+    """The values of a cookie in the ``Cookie`` header (several paths may each set one)."""
     raw = headers.get("cookie")
     if not raw:
-        return None
+        return []
+    found = []
     for part in raw.replace(",", ";").split(";"):
         key, sep, value = part.partition("=")
         if sep and key.strip() == name:
             value = value.strip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
                 value = value[1:-1]
-            return value or None
-    return None
+            if value:
+                found.append(value)
+    return found
 
 
 def cross_site(headers: Mapping[str, str], origins: frozenset[str]) -> bool:
@@ -193,9 +194,8 @@ class Authority:
             found.append(given)
         if query.get("token"):
             found.append(query["token"])
-        from_cookie = cookie(headers)
-        if from_cookie is not None and not cross_site(headers, self.cookie_origins):
-            found.append(from_cookie)
+        if "cookie" in headers and not cross_site(headers, self.cookie_origins):
+            found.extend(cookies(headers)[:4])
         return found
 
     def token_grants(
