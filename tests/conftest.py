@@ -153,8 +153,17 @@ class SSE:
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
-        self.lines = response.aiter_lines()
+        self.lines = self._lines()
         self.retry: int | None = None
+
+    async def _lines(self) -> AsyncIterator[str]:
+        # SSE breaks lines at CR, LF and CRLF only (not at U+2028 as str.splitlines does)
+        buffer = ""
+        async for text in self.response.aiter_text():
+            buffer += text.replace("\r\n", "\n").replace("\r", "\n")
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                yield line
 
     async def next(self, timeout: float = 5.0) -> dict[str, str]:
         """The next event with data: {"event", "id", "data"}; comments are skipped."""
