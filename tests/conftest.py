@@ -55,7 +55,11 @@ class ServerThread:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve(sockets=[self.sock]))
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve(sockets=[self.sock])
+
+        asyncio.run(serve())
 
     def start(self) -> ServerThread:
         self.thread.start()
@@ -65,6 +69,10 @@ class ServerThread:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.01)
         return self
+
+    def server_loop(self) -> asyncio.AbstractEventLoop:
+        """The server's event loop, for running coroutines in it from a test."""
+        return self.loop
 
     def stop(self) -> None:
         self.server.should_exit = True
