@@ -35,12 +35,13 @@ Start = Callable[..., ServerThread]
 def start(backend_url: str) -> Iterator[Start]:
     started: list[ServerThread] = []
 
-    def make(**settings: Any) -> ServerThread:
+    def make(*, proxy_headers: bool = False, **settings: Any) -> ServerThread:
         settings.setdefault("backend", backend_url)
         settings.setdefault("allow", ELSEWHERE)
         settings.setdefault("secret", SECRET)
         settings.setdefault("poll_timeout", 2)
-        server = ServerThread(create_app(**settings), proxy_headers=False).start()
+        app = create_app(**settings)
+        server = ServerThread(app, proxy_headers=proxy_headers).start()
         started.append(server)
         return server
 
@@ -189,8 +190,11 @@ async def test_auth_key_holder_pushes_but_does_not_create_or_change(
 # ------------------------------------------------------------ trusted proxies
 
 
-async def test_auth_spoofed_forwarded_for_from_untrusted_peer_is_ignored(start: Start) -> None:
-    server = start(allow="10.1.2.3")
+@pytest.mark.parametrize("uvicorn_reads_them", [False, True])
+async def test_auth_spoofed_forwarded_for_from_untrusted_peer_is_ignored(
+    start: Start, uvicorn_reads_them: bool
+) -> None:
+    server = start(allow="10.1.2.3", proxy_headers=uvicorn_reads_them)
     spoofs = [
         {"x-forwarded-for": "10.1.2.3"},
         {"x-forwarded-for": "6.6.6.6, 10.1.2.3"},
@@ -217,8 +221,11 @@ async def test_auth_trusted_proxy_forwarded_for_is_believed(start: Start) -> Non
         assert (await client.get("/stats")).status_code == 403, "the proxy itself is no server"
 
 
-async def test_auth_untrusted_peer_next_to_trusted_proxy_is_not_believed(start: Start) -> None:
-    server = start(allow="10.1.2.3", trusted_proxies="127.0.0.1")
+@pytest.mark.parametrize("uvicorn_reads_them", [False, True])
+async def test_auth_untrusted_peer_next_to_trusted_proxy_is_not_believed(
+    start: Start, uvicorn_reads_them: bool
+) -> None:
+    server = start(allow="10.1.2.3", trusted_proxies="127.0.0.1", proxy_headers=uvicorn_reads_them)
     transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
     async with httpx.AsyncClient(base_url=server.url, transport=transport) as client:
         spoofed = {"x-forwarded-for": "10.1.2.3"}
