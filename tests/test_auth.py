@@ -330,12 +330,16 @@ async def test_auth_cookie_is_not_believed_cross_site(start: Start) -> None:
     friend = {"sec-fetch-site": "cross-site", "origin": "https://friend.example"}
     same = {"sec-fetch-site": "same-site", "origin": "https://www.example"}
     async with httpx.AsyncClient(base_url=server.url) as client:
-        assert (await client.post("/pub/priv.x", content="x", headers=cookie | cross)).status_code == 403
+        assert (
+            await client.post("/pub/priv.x", content="x", headers=cookie | cross)
+        ).status_code == 403
         assert (await client.get("/sub/priv.x?etag=0", headers=cookie | cross)).status_code == 401
         script = {"sec-fetch-site": "cross-site", "sec-fetch-dest": "script"}
         jsonp = await client.get("/sub/priv.x?callback=steal", headers=cookie | script)
         assert '"status":401' in jsonp.text
-        assert (await client.post("/pub/priv.x", content="x", headers=cookie | friend)).status_code == 201
+        assert (
+            await client.post("/pub/priv.x", content="x", headers=cookie | friend)
+        ).status_code == 201
         assert (await client.get("/sub/priv.x?etag=0", headers=cookie | same)).status_code == 200
         # an explicit token is the page's own doing, so it counts cross-site
         explicit = await client.get(f"/sub/priv.x?etag=0&token={token}", headers=cross)
@@ -364,7 +368,10 @@ async def test_auth_private_websocket_refuses_and_accepts(start: Start) -> None:
     async with httpx.AsyncClient(base_url=server.url) as client:
         for target in (
             {"uri": f"{ws_url}/sub/priv.ws?token={token}"},
-            {"uri": f"{ws_url}/sub/priv.ws", "additional_headers": {"cookie": f"martd_auth={token}"}},
+            {
+                "uri": f"{ws_url}/sub/priv.ws",
+                "additional_headers": {"cookie": f"martd_auth={token}"},
+            },
         ):
             async with connect(open_timeout=5, **target) as ws:  # type: ignore[arg-type]
                 await client.post("/pub/priv.ws", content="over ws", headers=as_server())

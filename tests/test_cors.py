@@ -265,9 +265,10 @@ async def test_cors_browser_on_another_origin_uses_the_cookie(backend_url: str) 
             allow="192.0.2.10",  # the browser is on loopback: nobody is a server by address
         )
         with running(app, proxy_headers=False) as martd:
-            async with async_playwright() as playwright, httpx.AsyncClient(
-                base_url=martd.url, timeout=10
-            ) as client:
+            async with (
+                async_playwright() as playwright,
+                httpx.AsyncClient(base_url=martd.url, timeout=10) as client,
+            ):
                 browser = await playwright.chromium.launch(
                     executable_path=CHROMIUM, args=CHROMIUM_ARGS
                 )
@@ -276,9 +277,11 @@ async def test_cors_browser_on_another_origin_uses_the_cookie(backend_url: str) 
                     martd_headers: list[str] = []
                     page.on(
                         "response",
-                        lambda r: martd_headers.append(json.dumps(r.headers))
-                        if r.url.startswith(martd.url)
-                        else None,
+                        lambda r: (
+                            martd_headers.append(json.dumps(r.headers))
+                            if r.url.startswith(martd.url)
+                            else None
+                        ),
                     )
                     await page.goto(f"{site.url}/")
                     names = {"martd": martd.url, "channel": "user.7.inbox", "room": "priv.user.7"}

@@ -208,9 +208,7 @@ class Authority:
             found.extend(cookies(headers)[:4])
         return found
 
-    def token_grants(
-        self, headers: Mapping[str, str], query: Mapping[str, str]
-    ) -> Grants | None:
+    def token_grants(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Grants | None:
         """The grants of every valid token together; ``None`` when there is no token.
 
         Raises ``InvalidToken`` when there are tokens and none of them is valid.
@@ -278,6 +276,4 @@ class Authority:
             )
         for channel in private:
             if not found.may_subscribe(channel):
-                raise Forbidden(
-                    f"token: does not grant subscribe on {channel!r}", channel=channel
-                )
+                raise Forbidden(f"token: does not grant subscribe on {channel!r}", channel=channel)

@@ -207,6 +207,8 @@ def verify_token(secret: str, token: str) -> Grants:
         publish = patterns(_entries(grant.get("publish", ())))
         subscribe = patterns(_entries(grant.get("subscribe", ())))
     except (TypeError, ValueError):
-        raise InvalidToken(f"token: the {CLAIM} claim lists something that is not a pattern") from None
+        raise InvalidToken(
+            f"token: the {CLAIM} claim lists something that is not a pattern"
+        ) from None
     exp = claims.get("exp")
     return Grants(publish, subscribe, float(exp) if isinstance(exp, (int, float)) else None)
