@@ -322,3 +322,29 @@ async def test_cors_browser_on_another_origin_uses_the_cookie(backend_url: str) 
     assert event == "for your eyes"
     assert stranger.startswith("blocked"), stranger
     assert martd_headers and not [h for h in martd_headers if token in h or SECRET in h]
+
+
+async def test_cors_middleware_leaves_shared_start_messages_alone() -> None:
+    from martd_asgi.cors import CORSMiddleware
+
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(start)  # the same dict for every response
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = CORSMiddleware(app, origins=[FRIEND, "https://other.example"])
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    for origin in (FRIEND, "https://other.example"):
+        scope = {"type": "http", "method": "GET", "headers": [(b"origin", origin.encode())]}
+        await middleware(scope, receive, send)
+    assert start["headers"] == [(b"x-app", b"1")]
+    origins = [dict(m["headers"])[b"access-control-allow-origin"] for m in sent[::2]]
+    assert origins == [FRIEND.encode(), b"https://other.example"]
