@@ -60,7 +60,7 @@ async def test_limits_subscribers_per_channel(make_server: Callable[..., ServerT
             assert "retry-after" in third.headers
             async with sse(client, "/sub/other"):
                 pass
-        await wait_for(lambda: not server.app.router.by_channel)
+        await wait_for(lambda: not server.martd.router.by_channel)
         async with sse(client, "/sub/room"):
             pass
         assert await rejected(client, "429", "subscribers") == 1
@@ -80,7 +80,7 @@ async def test_limits_connections_per_address(make_server: Callable[..., ServerT
                 assert third.json()["error"].startswith("connections:")
                 async with sse(client, "/sub/c", other):
                     pass
-            await wait_for(lambda: len(server.app.router.streams) == 1)
+            await wait_for(lambda: len(server.martd.router.streams) == 1)
             async with sse(client, "/sub/b", far):
                 pass
         text = (await client.get("/metrics", headers={"x-forwarded-for": "10.9.9.9"})).text
