@@ -33,7 +33,7 @@ class UvicornProcess:
         self.args = args
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - open while the server runs
         self.final = ""
 
     @property

@@ -26,7 +26,7 @@ from opshelpers import uvicorn_process
 OPENAPI = Path(__file__).parents[1] / "docs" / "openapi.yaml"
 SENTINEL = "zz-sentinel-7f3a9c"
 FUZZ_SETTINGS = settings(
-    max_examples=120,
+    max_examples=100,
     deadline=None,
     database=None,
     suppress_health_check=list(HealthCheck),
@@ -39,7 +39,7 @@ names = st.one_of(
 )
 etags = st.one_of(
     st.from_regex(r"[0-9]{1,14}-[0-9]{1,4}", fullmatch=True),
-    st.sampled_from(["0", "", ",", "W/\"1-2\"", "*", "-1", "1-", "x" * 65]),
+    st.sampled_from(["0", "", ",", 'W/"1-2"', "*", "-1", "1-", "x" * 65]),
     st.text(max_size=20),
 )
 query_names = st.sampled_from(
@@ -149,8 +149,10 @@ def test_hostile_schemathesis_run_against_a_real_server() -> None:
 
             started = time.monotonic()
             run()
-            print(f"schemathesis: {sum(statuses.values())} requests in "
-                  f"{time.monotonic() - started:.1f}s, statuses {sorted(statuses.items())}")
+            print(
+                f"schemathesis: {sum(statuses.values())} requests in "
+                f"{time.monotonic() - started:.1f}s, statuses {sorted(statuses.items())}"
+            )
             assert session.get(f"{server.url}/pub/{SENTINEL}").json() == before
         assert server.proc is not None and server.proc.poll() is None
     assert "Traceback" not in server.final
@@ -186,13 +188,18 @@ def test_hostile_truncated_slow_and_malformed_requests() -> None:
         # a request cut in the middle of its headers
         raw(port, f"GET /sub/t HTTP/1.1\r\n{host}Accept: text/ev".encode())
         # a chunked body that never finishes
-        raw(port, f"POST /pub/t HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\nab".encode())
+        raw(
+            port,
+            f"POST /pub/t HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\nab".encode(),
+        )
         # garbage, an absurd method, a header flood
         assert raw(port, b"\x00\xff\r\n\r\n").startswith(b"HTTP/1.1 400")
         raw(port, f"BREW /pub/t HTTP/1.1\r\n{host}\r\n".encode())
         raw(port, f"GET /sub/t HTTP/1.1\r\n{host}".encode() + b"X-A: b\r\n" * 2000 + b"\r\n")
         # a slow publisher: headers and body trickle in, and still work
-        slow = f"POST /pub/slow HTTP/1.1\r\n{host}Content-Length: 5\r\nConnection: close\r\n\r\nhello"
+        slow = (
+            f"POST /pub/slow HTTP/1.1\r\n{host}Content-Length: 5\r\nConnection: close\r\n\r\nhello"
+        )
         assert raw(port, slow.encode(), pause=0.002).startswith(b"HTTP/1.1 201")
         # a long-poll whose client leaves at once, and an SSE client that leaves mid-stream
         raw(port, f"GET /sub/t?timeout=1 HTTP/1.1\r\n{host}\r\n".encode())

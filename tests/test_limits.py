@@ -84,7 +84,9 @@ async def test_limits_connections_per_address(make_server: Callable[..., ServerT
             async with sse(client, "/sub/b", far):
                 pass
         text = (await client.get("/metrics", headers={"x-forwarded-for": "10.9.9.9"})).text
-        assert metric(text, "martd_rejected_requests_total", status="429", reason="connections") == 1
+        assert (
+            metric(text, "martd_rejected_requests_total", status="429", reason="connections") == 1
+        )
 
 
 async def test_limits_payload_too_large_is_counted() -> None:

@@ -79,7 +79,7 @@ async def test_metrics_each_app_has_its_own_registry() -> None:
             assert metric(body, "martd_messages_pushed_total") == pushes
 
 
-async def test_metrics_multiprocess_mode_sums_workers(tmp_path: Path) -> None:
+def test_metrics_multiprocess_mode_sums_workers(tmp_path: Path) -> None:
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     with uvicorn_process(env, "--workers", "2") as server:
         for _ in range(20):  # a new connection each time, so both workers get some

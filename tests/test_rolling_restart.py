@@ -95,15 +95,13 @@ async def test_rolling_restart_of_one_node_loses_nothing() -> None:
     nodes = [a.url, b.url]
     received: list[list[int]] = [[] for _ in range(CLIENTS)]
     ends: list[int] = []
-    followers = [
-        asyncio.ensure_future(follow(nodes, i, received[i], ends)) for i in range(CLIENTS)
-    ]
+    followers = [asyncio.ensure_future(follow(nodes, i, received[i], ends)) for i in range(CLIENTS)]
     publisher = httpx.AsyncClient(timeout=5)
     started = time.monotonic()
     try:
         deadline = time.monotonic() + 10
         for node in (a, b):
-            while httpx.get(f"{node.url}/stats").json()["subscribers"] < CLIENTS // 2:
+            while (await publisher.get(f"{node.url}/stats")).json()["subscribers"] < CLIENTS // 2:
                 assert time.monotonic() < deadline, "subscribers did not connect"
                 await asyncio.sleep(0.05)
         for seq in range(MESSAGES):
@@ -118,8 +116,10 @@ async def test_rolling_restart_of_one_node_loses_nothing() -> None:
             await push(publisher, nodes, seq)
             await asyncio.sleep(0.005)
         await asyncio.wait_for(asyncio.gather(*followers), 30)
-        print(f"rolling restart: {MESSAGES} messages to {CLIENTS} clients in "
-              f"{time.monotonic() - started:.1f}s, {len(ends)} reconnects")
+        print(
+            f"rolling restart: {MESSAGES} messages to {CLIENTS} clients in "
+            f"{time.monotonic() - started:.1f}s, {len(ends)} reconnects"
+        )
     finally:
         await publisher.aclose()
         for task in followers:

@@ -27,8 +27,7 @@ EVENT = re.compile(rb"id: ([0-9]+-[0-9]+)\ndata: ([0-9]+) ([0-9.]+) x*\n\n")
 
 def request(port: int, path: str, extra: str = "") -> bytes:
     return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Accept: text/event-stream\r\n{extra}\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n{extra}\r\n"
     ).encode()
 
 
@@ -142,8 +141,10 @@ async def flood(url: str, readers: list[Reader], stalled: list[socket.socket], p
                 assert reader.seqs == list(range(MESSAGES))
             latencies = [x for r in readers for x in r.latencies]
             p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-            print(f"publish {MESSAGES} in {publish_seconds:.2f}s; latency p50 {p50 * 1000:.1f} ms"
-                  f" p99 {p99 * 1000:.1f} ms over {len(latencies)} deliveries")
+            print(
+                f"publish {MESSAGES} in {publish_seconds:.2f}s; latency p50 {p50 * 1000:.1f} ms"
+                f" p99 {p99 * 1000:.1f} ms over {len(latencies)} deliveries"
+            )
             assert p99 < 1.0
 
             async def dropped() -> int:
@@ -168,9 +169,11 @@ async def flood(url: str, readers: list[Reader], stalled: list[socket.socket], p
                 resume = f"Last-Event-ID: {last_etag}\r\n" if last_etag else ""
                 path = "/sub/firehose" if last_etag else "/sub/firehose?etag=0"
                 transport, again = await loop.create_connection(
-                    lambda: Reader(request(port, path, resume)), "127.0.0.1", port
+                    lambda p=path, r=resume: Reader(request(port, p, r)),  # type: ignore[misc]
+                    "127.0.0.1",
+                    port,
                 )
-                await wait_for(lambda: again.seqs[-1:] == [MESSAGES - 1], 10)
+                await wait_for(lambda a=again: a.seqs[-1:] == [MESSAGES - 1], 10)  # type: ignore[misc]
                 assert again.seqs == list(range(last_seq + 1, MESSAGES))
                 assert not again.missed
                 transport.close()

@@ -37,7 +37,7 @@ BUCKETS_PRUNE_AT = 10_000
 class TokenBuckets:
     """Token buckets by an opaque key: ``rate`` tokens a second, at most ``burst``."""
 
-    __slots__ = ("rate", "burst", "buckets")
+    __slots__ = ("buckets", "burst", "rate")
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
@@ -78,7 +78,9 @@ class Limits:
         self.authority = authority
         self.router = router
         self.by_address: dict[Address, int] = {}
-        self.pushes = TokenBuckets(settings.push_rate, settings.push_burst) if settings.push_rate else None
+        self.pushes = (
+            TokenBuckets(settings.push_rate, settings.push_burst) if settings.push_rate else None
+        )
 
     # -- subscriptions
 

@@ -27,6 +27,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
@@ -61,7 +62,7 @@ class Metrics:
         self._synced: dict[Any, float] = {}
         self._task: asyncio.Task[None] | None = None
         r = self.registry
-        live = {"multiprocess_mode": "livesum"}
+        ProcessCollector(registry=r)  # memory, CPU and open files of this process
         self.latency = Histogram(
             "martd_delivery_latency_seconds",
             "Time from a push being stored to the end of its fan-out to local subscribers",
@@ -69,16 +70,29 @@ class Metrics:
             registry=r,
         )
         self.connections = Gauge(
-            "martd_connections", "Open subscriptions by transport", ["transport"], registry=r, **live
+            "martd_connections",
+            "Open subscriptions by transport",
+            ["transport"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.channels = Gauge(
-            "martd_channels", "Channels stored by this process's backend", registry=r, **live
+            "martd_channels",
+            "Channels stored by this process's backend",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.subscribed = Gauge(
-            "martd_subscribed_channels", "Channels with subscribers in this process", registry=r, **live
+            "martd_subscribed_channels",
+            "Channels with subscribers in this process",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.retained = Gauge(
-            "martd_retained_bytes", "Memory backend: bytes held by retained messages", registry=r, **live
+            "martd_retained_bytes",
+            "Memory backend: bytes held by retained messages",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.counters: dict[str, Counter] = {
             "connections_total": Counter(
@@ -88,9 +102,7 @@ class Metrics:
             "delivered": Counter(
                 "martd_messages_delivered", "Messages handed to subscribers", registry=r
             ),
-            "published_bytes": Counter(
-                "martd_pushed_bytes", "Payload bytes pushed", registry=r
-            ),
+            "published_bytes": Counter("martd_pushed_bytes", "Payload bytes pushed", registry=r),
             "delivered_bytes": Counter(
                 "martd_delivered_bytes", "Payload bytes handed to subscribers", registry=r
             ),
