@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import httpx
@@ -149,3 +150,52 @@ async def test_limits_eviction_keeps_memory_bounded_across_many_channels() -> No
             assert 0 < stats["retained_bytes"] <= 50_000
         newest = (await client.get(f"/sub/c{299 % 37}?etag=0&timeout=1")).json()
         assert newest["channels"][f"c{299 % 37}"]["etag"] == last.json()["etag"]
+
+
+async def test_limits_retained_bytes_stay_exact_under_any_sequence() -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from martd_asgi.backends.memory import MemoryBackend, message_cost
+    from martd_asgi.channels import PushAttributes
+
+    operations = st.lists(
+        st.tuples(
+            st.sampled_from(["push", "push", "push", "delete", "expire", "attach", "detach"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.integers(0, 3000),
+        ),
+        max_size=60,
+    )
+    runs: list[list[tuple[str, str, int]]] = []
+
+    @settings(
+        max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(operations)
+    def collect(ops: list[tuple[str, str, int]]) -> None:
+        runs.append(ops)
+
+    collect()
+    for ops in runs:
+        backend = MemoryBackend()
+        backend.max_retained_bytes = 6000
+        now = 0.0
+        for op, channel, n in ops:
+            if op == "push":
+                attrs = PushAttributes(size=1 + n % 5, life=1 + n % 3)
+                await backend.publish(channel, "x" * (n % 1500), attrs, server=True)
+            elif op == "delete":
+                await backend.delete(channel)
+            elif op == "expire":
+                now += 1
+                backend.expire(time.time() + now)
+            elif op == "attach":
+                await backend.attach(channel, "c")
+            elif op == "detach" and backend._subscribers.get(channel):
+                await backend.detach(channel, "c")
+            held = backend._channels.values()
+            for c in held:
+                assert c.bytes == sum(message_cost(m) for m in c.messages)
+            assert backend.retained_bytes == sum(c.bytes for c in held)
+            assert backend.retained_bytes <= 6000

@@ -16,6 +16,7 @@ from opshelpers import uvicorn_process
 pytestmark = pytest.mark.anyio
 
 STREAMS = int(os.environ.get("SHUTDOWN_STREAMS", "500"))
+POLLS = 20
 GRACE = 5.0  # PROTOCOL.md: within 5 seconds
 
 
@@ -39,23 +40,30 @@ class Stream(asyncio.Protocol):
             self.ended.set_result(time.monotonic())
 
 
-async def test_shutdown_sigterm_ends_500_streams_within_grace() -> None:
+async def test_shutdown_sigterm_ends_500_streams_and_polls_within_grace() -> None:
     with uvicorn_process({}, "--timeout-graceful-shutdown", "10") as server:
         loop = asyncio.get_running_loop()
         request = (
             f"GET /sub/news HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
             "Accept: text/event-stream\r\n\r\n"
         ).encode()
+        poll = f"GET /sub/news?timeout=30 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n"
         streams: list[Stream] = []
+        polls: list[Stream] = []
         try:
             for _ in range(STREAMS):
                 _, stream = await loop.create_connection(
                     lambda: Stream(request), "127.0.0.1", server.port
                 )
                 streams.append(stream)
+            for _ in range(POLLS):
+                _, stream = await loop.create_connection(
+                    lambda: Stream(poll.encode()), "127.0.0.1", server.port
+                )
+                polls.append(stream)
             async with httpx.AsyncClient(base_url=server.url) as client:
                 deadline = time.monotonic() + 20
-                while (await client.get("/stats")).json()["subscribers"] < STREAMS:
+                while (await client.get("/stats")).json()["subscribers"] < STREAMS + POLLS:
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.05)
             assert server.proc is not None
@@ -63,11 +71,11 @@ async def test_shutdown_sigterm_ends_500_streams_within_grace() -> None:
             server.proc.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(server.proc.wait, GRACE + 5)
             exited = time.monotonic() - sent
-            await asyncio.wait_for(asyncio.gather(*(s.ended for s in streams)), 5)
+            await asyncio.wait_for(asyncio.gather(*(s.ended for s in streams + polls)), 5)
             last_end = max(s.ended.result() for s in streams) - sent
             print(f"{STREAMS} streams: all ended {last_end:.2f}s, exit {exited:.2f}s after SIGTERM")
         finally:
-            for stream in streams:
+            for stream in streams + polls:
                 stream.transport.close()
         assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
         assert exited < GRACE
@@ -75,6 +83,9 @@ async def test_shutdown_sigterm_ends_500_streams_within_grace() -> None:
             assert stream.data.startswith(b"HTTP/1.1 200")
             assert b"retry: 1000\n\n" in stream.data
             assert stream.data.endswith(b"\r\n0\r\n\r\n")  # the chunked end: a clean close
+        for stream in polls:
+            assert stream.data.startswith(b"HTTP/1.1 200")
+            assert stream.data.endswith(b'\r\n\r\n{"channels":{}}')
     assert "Traceback" not in server.output()
     assert "ERROR" not in server.output()
 
