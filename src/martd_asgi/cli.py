@@ -340,7 +340,6 @@ def sub_command(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"martd sub: listening on {','.join(names)} at {url} ({transport})", err=True)
     out = sys.stdout
     received = 0
     try:

@@ -110,6 +110,9 @@ class Subscription:
     def _connected(self) -> None:
         if self.connected_once:
             self.on_notice(f"reconnected to {self.url} ({self.transport})")
+        else:
+            names = ",".join(self.channels)
+            self.on_notice(f"listening on {names} at {self.url} ({self.transport})")
         self.connected_once = True
 
     def _control(self, body: str) -> None:
