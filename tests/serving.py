@@ -24,7 +24,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_martd(*args: str, input: bytes | None = None, timeout: float = 20, **env: str) -> subprocess.CompletedProcess[str]:
+def run_martd(
+    *args: str, input: bytes | None = None, timeout: float = 20, **env: str
+) -> subprocess.CompletedProcess[str]:
     """Run `martd ARGS...` to its end; stdout and stderr as text."""
     return subprocess.run(
         [*MARTD, *args],
@@ -32,6 +34,7 @@ def run_martd(*args: str, input: bytes | None = None, timeout: float = 20, **env
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
         env=os.environ | env,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
@@ -61,7 +64,10 @@ def martd_serve(
     with open(log, "wb") as sink:
         process = subprocess.Popen(
             [*MARTD, "serve", "--port", str(port), *args],
-            stdout=sink, stderr=sink, stdin=subprocess.DEVNULL, env=environment,
+            stdout=sink,
+            stderr=sink,
+            stdin=subprocess.DEVNULL,
+            env=environment,
         )
     scheme = "https" if "--ssl" in args or "--certfile" in args else "http"
     served = Served(process, port, log, scheme)

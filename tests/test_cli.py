@@ -42,27 +42,53 @@ def test_cli_pub_then_sub_from_etag_0_prints_the_message(served: Served) -> None
     assert got.returncode == 0, got.stderr
     assert got.stdout == "hello from the shell\n"
 
-    got = run_martd("sub", "cli.first", "--etag", "0", "--count", "1", "--json",
-                    "--transport", "longpoll", "--url", served.url)
+    got = run_martd(
+        "sub",
+        "cli.first",
+        "--etag",
+        "0",
+        "--count",
+        "1",
+        "--json",
+        "--transport",
+        "longpoll",
+        "--url",
+        served.url,
+    )
     assert json.loads(got.stdout) == {
-        "channel": "cli.first", "etag": answer["etag"], "data": "hello from the shell"
+        "channel": "cli.first",
+        "etag": answer["etag"],
+        "data": "hello from the shell",
     }
 
 
 def test_cli_pub_reads_stdin_and_sets_attributes(served: Served) -> None:
-    pushed = run_martd("pub", "cli.stdin", "-", "--size", "2", "--url", served.url,
-                       input=b'{"multi": "line"}\nsecond line')
+    pushed = run_martd(
+        "pub",
+        "cli.stdin",
+        "-",
+        "--size",
+        "2",
+        "--url",
+        served.url,
+        input=b'{"multi": "line"}\nsecond line',
+    )
     assert pushed.returncode == 0, pushed.stderr
     info = httpx.get(f"{served.url}/pub/cli.stdin").json()
     assert info["size"] == 2
-    got = run_martd("sub", "cli.stdin", "--etag", "0", "--count", "1", "--json", "--url", served.url)
+    got = run_martd(
+        "sub", "cli.stdin", "--etag", "0", "--count", "1", "--json", "--url", served.url
+    )
     assert json.loads(got.stdout)["data"] == '{"multi": "line"}\nsecond line'
 
 
 def test_cli_sub_prints_each_message_as_it_arrives(served: Served) -> None:
     with subprocess.Popen(
         [*MARTD, "sub", "cli.live,cli.other", "--url", served.url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
     ) as process:
         assert process.stderr is not None and process.stdout is not None
         assert "listening" in process.stderr.readline()
@@ -132,8 +158,19 @@ def test_cli_serve_without_upstream_redirects_root_to_the_demo(served: Served) -
 
 def test_cli_serve_help_names_every_environment_variable() -> None:
     text = run_martd("serve", "--help").stdout
-    for name in ("HOST", "PORT", "UPSTREAM", "PREFIX", "BACKEND", "SSL", "CERTFILE", "KEYFILE",
-                 "WORKERS", "LOG_LEVEL", "ACCESS_LOG"):
+    for name in (
+        "HOST",
+        "PORT",
+        "UPSTREAM",
+        "PREFIX",
+        "BACKEND",
+        "SSL",
+        "CERTFILE",
+        "KEYFILE",
+        "WORKERS",
+        "LOG_LEVEL",
+        "ACCESS_LOG",
+    ):
         assert f"MARTD_{name}" in text
 
 
@@ -166,10 +203,17 @@ def test_devcert_is_reused_while_valid(tmp_path: Path) -> None:
 def test_cli_token_prints_a_token_for_the_secret() -> None:
     pytest.importorskip("martd_asgi.tokens")
     jwt = pytest.importorskip("jwt")
-    result = run_martd("token", "--publish", "user.42.*", "--subscribe", "room.1", "--ttl", "60",
-                       MARTD_SECRET="s3cret")
+    result = run_martd(
+        "token",
+        "--publish",
+        "user.42.*",
+        "--subscribe",
+        "room.1",
+        "--ttl",
+        "60",
+        MARTD_SECRET="s3cret",
+    )
     assert result.returncode == 0, result.stderr
     claims = jwt.decode(result.stdout.strip(), "s3cret", algorithms=["HS256"])
     assert claims["martd"]["publish"] == ["user.42.*"]
     assert claims["martd"]["subscribe"] == ["room.1"]
-

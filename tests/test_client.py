@@ -33,7 +33,11 @@ def test_client_publish_info_delete(server: ServerThread) -> None:
         assert not second.created and second.etag != first.etag
         info = martd.info("client.sync")
         assert (info.etag, info.messages, info.size, info.life, info.has_key) == (
-            second.etag, 2, 3, 60, False
+            second.etag,
+            2,
+            3,
+            60,
+            False,
         )
         martd.delete("client.sync")
         with pytest.raises(NotFound) as missing:
@@ -71,11 +75,12 @@ def test_client_errors_are_typed(make_server: Callable[..., ServerThread]) -> No
             martd.publish("not a name", "x")
 
 
-def test_client_secret_makes_a_remote_client_a_server(make_server: Callable[..., ServerThread]) -> None:
+def test_client_secret_makes_a_remote_client_a_server(
+    make_server: Callable[..., ServerThread],
+) -> None:
     server = make_server(allow="10.9.9.9", secret="s3cret")
-    with Client(server.url) as anonymous:
-        with pytest.raises(Forbidden):
-            anonymous.publish("client.secret", "x")
+    with Client(server.url) as anonymous, pytest.raises(Forbidden):
+        anonymous.publish("client.secret", "x")
     with Client(server.url, secret="s3cret") as trusted:
         assert trusted.publish("client.secret", "x").created
 

@@ -57,10 +57,18 @@ class Upstream:
             ]
             await respond(send, 200, body, extra)
         elif path == "/headers":
-            await respond(send, 200, json.dumps(headers).encode(), [(b"content-type", b"application/json")])
+            await respond(
+                send, 200, json.dumps(headers).encode(), [(b"content-type", b"application/json")]
+            )
         elif path == "/stream":
             self.release = asyncio.Event()
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/plain")],
+                }
+            )
             await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
             await asyncio.wait_for(self.release.wait(), 10)
             await send({"type": "http.response.body", "body": b"last\n", "more_body": False})
@@ -99,7 +107,9 @@ class Upstream:
             await send({"type": "websocket.send", key: message[key]})
 
 
-async def respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+async def respond(
+    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()
+) -> None:  # type: ignore[assignment]
     await send(
         {
             "type": "http.response.start",
@@ -118,7 +128,9 @@ def site() -> Iterator[tuple[Upstream, ServerThread]]:
 
 
 @pytest.fixture(scope="module")
-def proxy(site: tuple[Upstream, ServerThread], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def proxy(
+    site: tuple[Upstream, ServerThread], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     with martd_serve("--upstream", site[1].url, tmp=tmp_path_factory.mktemp("proxy")) as served:
         yield served
 
@@ -140,7 +152,11 @@ async def test_proxy_get_and_post_come_back_byte_identical(http: httpx.AsyncClie
     assert answer.headers["x-method"] == "POST"
 
     answer = await http.get("/echo?q=%E2%9C%93&x=y")
-    assert (answer.status_code, answer.content, answer.headers["x-query"]) == (200, b"", "q=%E2%9C%93&x=y")
+    assert (answer.status_code, answer.content, answer.headers["x-query"]) == (
+        200,
+        b"",
+        "q=%E2%9C%93&x=y",
+    )
 
     async def chunks() -> Any:
         for part in (b"chunked ", b"upload ", b"\xff"):
@@ -206,7 +222,12 @@ async def test_proxy_passes_set_cookie_and_redirect_untouched(
 async def test_proxy_sets_forwarded_headers_and_drops_hop_by_hop(http: httpx.AsyncClient) -> None:
     answer = await http.get(
         "/headers",
-        headers={"connection": "keep-alive, x-hop", "x-hop": "secret", "x-forwarded-proto": "gopher", "te": "trailers"},
+        headers={
+            "connection": "keep-alive, x-hop",
+            "x-hop": "secret",
+            "x-forwarded-proto": "gopher",
+            "te": "trailers",
+        },
     )
     seen = answer.json()
     assert "x-hop" not in seen and "te" not in seen and "connection" not in seen

@@ -9,6 +9,7 @@ non-zero status (2 for bad usage, 1 otherwise, 130 for Ctrl-C), never a tracebac
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -46,7 +47,11 @@ def _check_upstream(upstream: str | None) -> str | None:
 
 
 def build_app(
-    *, upstream: str | None = None, prefix: str = "/martd", upstream_timeout: float = 30.0, **settings: Any
+    *,
+    upstream: str | None = None,
+    prefix: str = "/martd",
+    upstream_timeout: float = 30.0,
+    **settings: Any,
 ) -> Any:
     """martd under ``prefix``, the rest proxied to ``upstream`` (or ``/`` → the demo)."""
     from .application import create_app
@@ -165,7 +170,7 @@ def serve(**kwargs: Any) -> None:
     server = uvicorn.Server(config)
     if config.workers > 1:
         sock = config.bind_socket()
-        Multiprocess(config, target=server.run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[sock]).run()
     else:
         server.run()
     if not server.started:
@@ -187,40 +192,95 @@ def cli() -> None:
 
 
 @cli.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="MARTD_HOST",
-              help="Address to listen on (0.0.0.0 for every interface). [env MARTD_HOST]")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              envvar="MARTD_PORT", help="Port to listen on. [env MARTD_PORT]")
-@click.option("--upstream", metavar="URL", envvar="MARTD_UPSTREAM",
-              help="Your site (e.g. http://127.0.0.1:3000): every request outside --prefix, "
-              "WebSockets included, is proxied there, streamed both ways. Without it, / "
-              "redirects to the demo page. [env MARTD_UPSTREAM]")
-@click.option("--prefix", default="/martd", show_default=True, envvar="MARTD_PREFIX",
-              help="Path where martd answers (/pub, /sub, /client.js, ... below it). "
-              "[env MARTD_PREFIX]")
-@click.option("--backend", metavar="URL", envvar="MARTD_BACKEND",
-              help="'memory' (default) or a redis:// / rediss:// URL; needed for --workers "
-              "above 1. [env MARTD_BACKEND]")
-@click.option("--ssl", is_flag=True, envvar="MARTD_SSL",
-              help="Serve HTTPS with a self-signed development certificate for localhost, "
-              "made once and kept in your cache directory; prints how to trust it. "
-              "[env MARTD_SSL]")
-@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), envvar="MARTD_CERTFILE",
-              help="Serve HTTPS with this certificate (chain) file. [env MARTD_CERTFILE]")
-@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), envvar="MARTD_KEYFILE",
-              help="The private key of --certfile. [env MARTD_KEYFILE]")
-@click.option("--workers", default=1, show_default=True, type=int, envvar="MARTD_WORKERS",
-              help="Processes; above 1 needs --backend redis://... [env MARTD_WORKERS]")
-@click.option("--upstream-timeout", default=30.0, show_default=True, type=float,
-              envvar="MARTD_UPSTREAM_TIMEOUT",
-              help="Seconds to wait for the upstream's answer to begin (then 504). "
-              "[env MARTD_UPSTREAM_TIMEOUT]")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(LOG_LEVELS, case_sensitive=False), envvar="MARTD_LOG_LEVEL",
-              help="[env MARTD_LOG_LEVEL]")
-@click.option("--access-log/--no-access-log", default=True, show_default=True,
-              envvar="MARTD_ACCESS_LOG", help="Log every request (secrets redacted). "
-              "[env MARTD_ACCESS_LOG]")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="MARTD_HOST",
+    help="Address to listen on (0.0.0.0 for every interface). [env MARTD_HOST]",
+)
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar="MARTD_PORT",
+    help="Port to listen on. [env MARTD_PORT]",
+)
+@click.option(
+    "--upstream",
+    metavar="URL",
+    envvar="MARTD_UPSTREAM",
+    help="Your site (e.g. http://127.0.0.1:3000): every request outside --prefix, "
+    "WebSockets included, is proxied there, streamed both ways. Without it, / "
+    "redirects to the demo page. [env MARTD_UPSTREAM]",
+)
+@click.option(
+    "--prefix",
+    default="/martd",
+    show_default=True,
+    envvar="MARTD_PREFIX",
+    help="Path where martd answers (/pub, /sub, /client.js, ... below it). [env MARTD_PREFIX]",
+)
+@click.option(
+    "--backend",
+    metavar="URL",
+    envvar="MARTD_BACKEND",
+    help="'memory' (default) or a redis:// / rediss:// URL; needed for --workers "
+    "above 1. [env MARTD_BACKEND]",
+)
+@click.option(
+    "--ssl",
+    is_flag=True,
+    envvar="MARTD_SSL",
+    help="Serve HTTPS with a self-signed development certificate for localhost, "
+    "made once and kept in your cache directory; prints how to trust it. "
+    "[env MARTD_SSL]",
+)
+@click.option(
+    "--certfile",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="MARTD_CERTFILE",
+    help="Serve HTTPS with this certificate (chain) file. [env MARTD_CERTFILE]",
+)
+@click.option(
+    "--keyfile",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="MARTD_KEYFILE",
+    help="The private key of --certfile. [env MARTD_KEYFILE]",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=int,
+    envvar="MARTD_WORKERS",
+    help="Processes; above 1 needs --backend redis://... [env MARTD_WORKERS]",
+)
+@click.option(
+    "--upstream-timeout",
+    default=30.0,
+    show_default=True,
+    type=float,
+    envvar="MARTD_UPSTREAM_TIMEOUT",
+    help="Seconds to wait for the upstream's answer to begin (then 504). "
+    "[env MARTD_UPSTREAM_TIMEOUT]",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    envvar="MARTD_LOG_LEVEL",
+    help="[env MARTD_LOG_LEVEL]",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    envvar="MARTD_ACCESS_LOG",
+    help="Log every request (secrets redacted). [env MARTD_ACCESS_LOG]",
+)
 def serve_command(**kwargs: Any) -> None:
     """Serve martd, and proxy everything else to your site.
 
@@ -234,7 +294,10 @@ def serve_command(**kwargs: Any) -> None:
 # ------------------------------------------------------------ pub / sub / token
 
 url_option = click.option(
-    "--url", default=DEFAULT_URL, show_default=True, envvar="MARTD_URL",
+    "--url",
+    default=DEFAULT_URL,
+    show_default=True,
+    envvar="MARTD_URL",
     help="Where martd is mounted (martd serve: http://HOST:PORT/martd). [env MARTD_URL]",
 )
 
@@ -271,10 +334,19 @@ def _client_failure(exc: Exception) -> NoReturn:
 @click.option("--one2one/--no-one2one", default=None, help="At most one subscriber.")
 @click.option("--key", help="The channel's key (needed by non-servers, and on keyed channels).")
 @click.option("--secret", envvar="MARTD_SECRET", help="The server secret. [env MARTD_SECRET]")
-@click.option("--token", envvar="MARTD_TOKEN", help="A token that grants publish. [env MARTD_TOKEN]")
+@click.option(
+    "--token", envvar="MARTD_TOKEN", help="A token that grants publish. [env MARTD_TOKEN]"
+)
 def pub_command(
-    channel: str, data: str | None, url: str, size: int | None, life: int | None,
-    one2one: bool | None, key: str | None, secret: str | None, token: str | None,
+    channel: str,
+    data: str | None,
+    url: str,
+    size: int | None,
+    life: int | None,
+    one2one: bool | None,
+    key: str | None,
+    secret: str | None,
+    token: str | None,
 ) -> None:
     """Push DATA into CHANNEL and print martd's answer as JSON.
 
@@ -291,7 +363,9 @@ def pub_command(
         raise click.UsageError("give --secret or --token, not both")
     try:
         with Client(url, secret=secret or None, token=token or None) as client:
-            result = client.publish(channel, payload, size=size, life=life, one2one=one2one, key=key)
+            result = client.publish(
+                channel, payload, size=size, life=life, one2one=one2one, key=key
+            )
     except ValueError as exc:
         raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--url") from None
     except ClientError as exc:
@@ -302,17 +376,32 @@ def pub_command(
 @cli.command("sub")
 @click.argument("channels")
 @url_option
-@click.option("--etag", help="Resume after this etag ('0': every retained message first); "
-              "one per channel, comma-separated, for several.")
-@click.option("--json", "as_json", is_flag=True,
-              help='One JSON line per message: {"channel", "etag", "data"}.')
-@click.option("--transport", type=click.Choice(["sse", "longpoll"]), default="sse",
-              show_default=True)
+@click.option(
+    "--etag",
+    help="Resume after this etag ('0': every retained message first); "
+    "one per channel, comma-separated, for several.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='One JSON line per message: {"channel", "etag", "data"}.',
+)
+@click.option(
+    "--transport", type=click.Choice(["sse", "longpoll"]), default="sse", show_default=True
+)
 @click.option("--count", type=click.IntRange(1), help="Exit after this many messages.")
-@click.option("--token", envvar="MARTD_TOKEN", help="A token that grants subscribe. [env MARTD_TOKEN]")
+@click.option(
+    "--token", envvar="MARTD_TOKEN", help="A token that grants subscribe. [env MARTD_TOKEN]"
+)
 def sub_command(
-    channels: str, url: str, etag: str | None, as_json: bool, transport: str,
-    count: int | None, token: str | None,
+    channels: str,
+    url: str,
+    etag: str | None,
+    as_json: bool,
+    transport: str,
+    count: int | None,
+    token: str | None,
 ) -> None:
     """Print each message of CHANNELS (comma-separated) as it arrives.
 
@@ -335,7 +424,11 @@ def sub_command(
     _check_url(url)
     try:
         subscription = Subscription(
-            url, names, etag=etag, transport=transport, token=token or None,  # type: ignore[arg-type]
+            url,
+            names,
+            etag=etag,
+            transport=transport,
+            token=token or None,  # type: ignore[arg-type]
             on_notice=lambda text: click.echo(f"martd sub: {text}", err=True),
         )
     except ValueError as exc:
@@ -377,20 +470,39 @@ def _patterns(values: Sequence[str]) -> list[str]:
 
 
 @cli.command("token")
-@click.option("--publish", multiple=True, metavar="PATTERN",
-              help="Channels (or patterns with *) the token may push into; repeatable.")
-@click.option("--subscribe", multiple=True, metavar="PATTERN",
-              help="Private channels (or patterns) the token may subscribe to; repeatable.")
-@click.option("--ttl", type=float, default=3600, show_default=True,
-              help="Seconds until it expires (0: never).")
-@click.option("--secret", envvar="MARTD_SECRET", required=True,
-              help="The server secret that signs it. [env MARTD_SECRET]")
-def token_command(publish: tuple[str, ...], subscribe: tuple[str, ...], ttl: float, secret: str) -> None:
+@click.option(
+    "--publish",
+    multiple=True,
+    metavar="PATTERN",
+    help="Channels (or patterns with *) the token may push into; repeatable.",
+)
+@click.option(
+    "--subscribe",
+    multiple=True,
+    metavar="PATTERN",
+    help="Private channels (or patterns) the token may subscribe to; repeatable.",
+)
+@click.option(
+    "--ttl",
+    type=float,
+    default=3600,
+    show_default=True,
+    help="Seconds until it expires (0: never).",
+)
+@click.option(
+    "--secret",
+    envvar="MARTD_SECRET",
+    required=True,
+    help="The server secret that signs it. [env MARTD_SECRET]",
+)
+def token_command(
+    publish: tuple[str, ...], subscribe: tuple[str, ...], ttl: float, secret: str
+) -> None:
     """Print a signed token (HS256 JWT) granting publish / subscribe on channels."""
     if not publish and not subscribe:
         raise click.UsageError("give --publish and/or --subscribe")
     try:
-        from .tokens import mint_token
+        mint_token = importlib.import_module("martd_asgi.tokens").mint_token
     except ImportError:
         raise Failure("tokens are not available in this version of martd_asgi") from None
     try:
@@ -424,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         # The reader went away (`martd sub ... | head -1`): stop quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
-    except Exception as exc:  # the promise is one line, never a traceback
+    except Exception as exc:  # noqa: BLE001  (the promise: one line, never a traceback)
         click.echo(f"martd: unexpected error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)

@@ -25,6 +25,7 @@ Any other error status raises ``ClientError`` itself.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ class Unavailable(ClientError):
 
 
 _BY_STATUS: dict[int, type[ClientError]] = {
-    cls.status: cls  # type: ignore[misc]
+    cls.status: cls  # type: ignore[misc,unused-ignore]
     for cls in (
         BadRequest,
         Unauthorized,
@@ -239,9 +240,9 @@ class _Base:
         """A signed token granting these channel patterns, valid ``ttl`` seconds."""
         if not self.secret:
             raise ValueError("mint_token needs the client's secret")
-        from .tokens import mint_token
-
-        return mint_token(self.secret, publish=publish, subscribe=subscribe, ttl=ttl)
+        # Imported on use: tokens need PyJWT, pushing does not.
+        tokens = importlib.import_module("martd_asgi.tokens")
+        return str(tokens.mint_token(self.secret, publish=publish, subscribe=subscribe, ttl=ttl))
 
 
 class Client(_Base):

@@ -38,9 +38,12 @@ class DevCertificate:
                 f"martd: certificate authority to trust: {self.ca}",
                 f"martd:   curl --cacert {self.ca} https://localhost:PORT/...",
                 f"martd:   python: httpx.Client(verify=ssl.create_default_context(cafile='{self.ca}'))",
-                "martd:   browsers: import it as a certificate authority (Chrome/Edge: "
-                "Settings > Privacy and security > Security > Manage certificates > Authorities;"
-                " Firefox: Settings > Certificates > View Certificates > Authorities)",
+                (
+                    "martd:   browsers: import it as a certificate authority (Chrome/Edge: "
+                    "Settings > Privacy and security > Security > Manage certificates > "
+                    "Authorities; Firefox: Settings > Certificates > View Certificates > "
+                    "Authorities)"
+                ),
                 f"martd: valid until {self.expires:%Y-%m-%d}; delete the folder to make a new one",
             ]
         )

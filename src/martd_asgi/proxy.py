@@ -83,7 +83,9 @@ def _dropped(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
     return dropped
 
 
-def forward_headers(scope: Scope, *, skip: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
+def forward_headers(
+    scope: Scope, *, skip: frozenset[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
     """The request's headers for the upstream: hop-by-hop dropped, X-Forwarded-* set."""
     raw: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
     dropped = _dropped(raw) | skip | FORWARDED
@@ -174,7 +176,10 @@ class Proxy:
         if not has_body:
             body_done.set()
         request = httpx.Request(
-            scope["method"], self.target(scope), headers=headers, content=body() if has_body else None
+            scope["method"],
+            self.target(scope),
+            headers=headers,
+            content=body() if has_body else None,
         )
         try:
             with anyio.fail_after(self.timeout):
@@ -182,7 +187,9 @@ class Proxy:
         except ClientDisconnect:
             return
         except (TimeoutError, httpx.TimeoutException):
-            await send_error(send, 504, f"upstream: {self.upstream} did not answer within {self.timeout:g} s")
+            await send_error(
+                send, 504, f"upstream: {self.upstream} did not answer within {self.timeout:g} s"
+            )
             return
         except httpx.HTTPError as exc:
             reason = str(exc) or type(exc).__name__
@@ -201,7 +208,9 @@ class Proxy:
         raw = list(response.headers.raw)
         dropped = _dropped(raw)
         headers = [(name, value) for name, value in raw if name.lower() not in dropped]
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
         async with anyio.create_task_group() as group:
             group.start_soon(_cancel_on_disconnect, receive, body_done, group.cancel_scope)
             try:
@@ -232,7 +241,10 @@ class Proxy:
         try:
             upstream = await connect(
                 url,
-                additional_headers=forward_headers(scope, skip=WEBSOCKET_HANDSHAKE),
+                additional_headers=[
+                    (k.decode("latin-1"), v.decode("latin-1"))
+                    for k, v in forward_headers(scope, skip=WEBSOCKET_HANDSHAKE)
+                ],
                 subprotocols=scope.get("subprotocols") or None,
                 user_agent_header=None,
                 proxy=None,
@@ -248,7 +260,11 @@ class Proxy:
                     if k.lower().encode("latin-1") not in HOP_BY_HOP
                 ]
                 await send(
-                    {"type": "websocket.http.response.start", "status": answer.status_code, "headers": headers}
+                    {
+                        "type": "websocket.http.response.start",
+                        "status": answer.status_code,
+                        "headers": headers,
+                    }
                 )
                 await send({"type": "websocket.http.response.body", "body": answer.body or b""})
             else:
@@ -267,18 +283,23 @@ class Proxy:
             else:
                 await send({"type": "websocket.close", "code": 1011})
             return
+        handshake = upstream.response
         cookies = [
             (b"set-cookie", value.encode("latin-1"))
-            for value in upstream.response.headers.get_all("Set-Cookie")
+            for value in (handshake.headers.get_all("Set-Cookie") if handshake else [])
         ]
-        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": cookies})
+        await send(
+            {"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": cookies}
+        )
         try:
             await _relay_websocket(upstream, receive, send)
         finally:
             await upstream.close()
 
 
-async def _cancel_on_disconnect(receive: Receive, body_done: anyio.Event, scope: anyio.CancelScope) -> None:
+async def _cancel_on_disconnect(
+    receive: Receive, body_done: anyio.Event, scope: anyio.CancelScope
+) -> None:
     await body_done.wait()
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -305,7 +326,9 @@ async def _relay_websocket(upstream: Any, receive: Receive, send: Send) -> None:
                 if message["type"] == "websocket.receive":
                     text = message.get("text")
                     try:
-                        await upstream.send(text if text is not None else message.get("bytes") or b"")
+                        await upstream.send(
+                            text if text is not None else message.get("bytes") or b""
+                        )
                     except ConnectionClosed:
                         return
                 elif message["type"] == "websocket.disconnect":
@@ -393,12 +416,12 @@ class ProxyMiddleware:
                 await send_error(send, 404, message)
 
     def _lifespan_send(self, send: Send) -> Send:
-        async def wrapped(message: dict[str, Any]) -> None:  # type: ignore[type-arg]
+        async def wrapped(message: Any) -> None:
             if message["type"] == "lifespan.shutdown.complete" and self.proxy is not None:
                 await self.proxy.aclose()
             await send(message)
 
-        return wrapped  # type: ignore[return-value]
+        return wrapped
 
 
 def check_prefix(prefix: str) -> str:

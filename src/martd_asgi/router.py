@@ -64,19 +64,19 @@ class Subscriber:
     """
 
     __slots__ = (
-        "send",
-        "channels",
-        "last",
-        "cid",
-        "busy",
         "backlog",
         "backlog_bytes",
-        "task",
+        "busy",
+        "channels",
+        "cid",
         "closed",
-        "since",
-        "router",
         "handler",
+        "last",
         "missed",
+        "router",
+        "send",
+        "since",
+        "task",
     )
     transport = "base"
     stream = False  # True: stays open, gets keep-alives; False: one answer, then done

@@ -94,7 +94,9 @@ class Subscription:
                 if isinstance(exc, httpx.HTTPError):
                     exc = _transport_error(self.url, exc)
                 status = exc.status
-                if not self.connected_once or (status is not None and status < 500 and status != 429):
+                if not self.connected_once or (
+                    status is not None and status < 500 and status != 429
+                ):
                     raise exc from None
                 wait = delay * (0.5 + random.random())
                 self.on_notice(f"{exc.message}; reconnecting in {wait:.1f} s")
@@ -133,14 +135,18 @@ class Subscription:
 
     def _sse(self) -> Iterator[Delivery]:
         headers = {"accept": "text/event-stream"}
-        with self.http.stream("GET", self.url + self.path, params=self._params(), headers=headers) as r:
+        with self.http.stream(
+            "GET", self.url + self.path, params=self._params(), headers=headers
+        ) as r:
             if r.status_code != 200:
                 r.read()
                 raise error_for(r)
             if "text/event-stream" not in r.headers.get("content-type", ""):
-                raise ClientError(f"{r.url}: not an event stream (is --url where martd is mounted?)")
+                raise ClientError(
+                    f"{r.url}: not an event stream (is --url where martd is mounted?)"
+                )
             self._connected()
-            name, ident, data = "", None, []
+            name, ident, data = "", None, []  # type: tuple[str, str | None, list[str]]
             for line in r.iter_lines():
                 if line == "":
                     if data or name:
@@ -152,7 +158,7 @@ class Subscription:
                 if line.startswith(":"):
                     continue
                 field, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
+                value = value.removeprefix(" ")
                 if field == "data":
                     data.append(value)
                 elif field == "event":
@@ -191,7 +197,9 @@ class Subscription:
             try:
                 answer = r.json()["channels"]
             except (ValueError, KeyError, TypeError):
-                raise ClientError(f"{r.url}: not a martd answer (is --url where martd is mounted?)") from None
+                raise ClientError(
+                    f"{r.url}: not a martd answer (is --url where martd is mounted?)"
+                ) from None
             self._connected()
             for channel in self.channels:
                 found = answer.get(channel)
