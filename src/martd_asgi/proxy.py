@@ -153,7 +153,8 @@ class Proxy:
     # ------------------------------------------------------------------ HTTP
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = forward_headers(scope)
+        # uvicorn already answered any `Expect: 100-continue` when the body is read.
+        headers = forward_headers(scope, skip=frozenset({b"expect"}))
         names = {name.lower() for name, _ in scope.get("headers", ())}
         has_body = b"content-length" in names or b"transfer-encoding" in names
         body_done = anyio.Event()
