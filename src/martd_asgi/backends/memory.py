@@ -116,11 +116,9 @@ class MemoryBackend:
             del self._channels[name]
 
     def _get(self, name: str) -> _Channel | None:
-        channel = self._channels.get(name)
-        if channel is not None and channel.messages and channel.messages[0].expires <= time.time():
+        if self._expiry and self._expiry[0][0] <= time.time():
             self.expire(time.time())
-            channel = self._channels.get(name)
-        return channel
+        return self._channels.get(name)
 
     # ------------------------------------------------------------------ pushes
 
