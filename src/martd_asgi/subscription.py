@@ -75,22 +75,31 @@ class Subscription:
         )
         self.path = "/sub/" + ",".join(quote(ch, safe=":@~") for ch in self.channels)
         self.connected_once = False
+        self.closed = False
 
     def close(self) -> None:
+        """Stop: the iteration ends at its next message, error or reconnect."""
+        self.closed = True
         self.http.close()
 
     def __iter__(self) -> Iterator[Delivery]:
         delay = 0.25
-        while True:
+        while not self.closed:
             try:
                 reader = self._sse() if self.transport == "sse" else self._longpoll()
                 for delivery in reader:
                     delay = 0.25
                     yield delivery
+                    if self.closed:
+                        return
                 delay = 0.25
                 time.sleep(0.05)  # the server ended the stream (shutdown, slow consumer): go on
                 continue
-            except (httpx.HTTPError, ClientError) as exc:
+            except (httpx.HTTPError, ClientError, RuntimeError) as exc:
+                if self.closed:
+                    return
+                if isinstance(exc, RuntimeError):  # httpx: the client was closed
+                    raise
                 if isinstance(exc, httpx.HTTPError):
                     exc = _transport_error(self.url, exc)
                 status = exc.status
