@@ -427,8 +427,8 @@ def sub_command(
             url,
             names,
             etag=etag,
-            transport=transport,
-            token=token or None,  # type: ignore[arg-type]
+            transport="longpoll" if transport == "longpoll" else "sse",
+            token=token or None,
             on_notice=lambda text: click.echo(f"martd sub: {text}", err=True),
         )
     except ValueError as exc:
