@@ -43,12 +43,14 @@ def run_martd(
 class Served:
     """A `martd serve` process on a free loopback port."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path, scheme: str) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], port: int, log: Path, scheme: str, prefix: str
+    ) -> None:
         self.process = process
         self.port = port
         self.log = log
         self.origin = f"{scheme}://127.0.0.1:{port}"
-        self.url = f"{self.origin}/martd"
+        self.url = f"{self.origin}{prefix}"
 
     def stderr(self) -> str:
         return self.log.read_text()
@@ -70,7 +72,7 @@ def martd_serve(
             env=environment,
         )
     scheme = "https" if "--ssl" in args or "--certfile" in args else "http"
-    served = Served(process, port, log, scheme)
+    served = Served(process, port, log, scheme, environment.get("MARTD_PREFIX", "/martd"))
     try:
         _wait_ready(served, verify)
         yield served

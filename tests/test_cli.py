@@ -156,6 +156,17 @@ def test_cli_serve_without_upstream_redirects_root_to_the_demo(served: Served) -
     assert httpx.get(served.origin + "/martd/demo").status_code == 200
 
 
+def test_cli_serve_takes_its_options_from_the_environment(tmp_path: Path) -> None:
+    env = {"MARTD_PREFIX": "/push", "MARTD_DEMO": "0", "MARTD_ACCESS_LOG": "false"}
+    env |= {"MARTD_LOG_LEVEL": "info"}
+    with martd_serve(tmp=tmp_path, **env) as served:
+        assert served.url.endswith("/push")
+        assert httpx.post(f"{served.url}/pub/env", content="x").status_code == 201
+        assert httpx.get(f"{served.origin}/martd/healthz").status_code == 404
+        assert httpx.get(f"{served.origin}/").status_code == 404  # no demo, no redirect
+    assert "/pub/env" not in served.stderr()  # no access log
+
+
 def test_cli_serve_help_names_every_environment_variable() -> None:
     text = run_martd("serve", "--help").stdout
     for name in (

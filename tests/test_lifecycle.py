@@ -100,7 +100,16 @@ async def test_sigterm_ends_streams_and_exits_quickly() -> None:
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "martd_asgi:app", "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "martd_asgi:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env={**os.environ, "MARTD_BACKEND": "memory"},
     )
     url = f"http://127.0.0.1:{port}"
