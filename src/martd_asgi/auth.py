@@ -143,4 +143,4 @@ class Authority:
         channels: Sequence[str],
     ) -> None:
         """Raise Unauthorized / Forbidden when a private channel is not granted."""
-        return
+        return None

@@ -64,19 +64,19 @@ class Subscriber:
     """
 
     __slots__ = (
+        "send",
+        "channels",
+        "last",
+        "cid",
+        "busy",
         "backlog",
         "backlog_bytes",
-        "busy",
-        "channels",
-        "cid",
-        "closed",
-        "handler",
-        "last",
-        "missed",
-        "router",
-        "send",
-        "since",
         "task",
+        "closed",
+        "since",
+        "router",
+        "handler",
+        "missed",
     )
     transport = "base"
     stream = False  # True: stays open, gets keep-alives; False: one answer, then done
