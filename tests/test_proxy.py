@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class Upstream:
     def __init__(self) -> None:
         self.release: asyncio.Event | None = None
         self.last_headers: dict[str, list[str]] = {}
+        self.forever_ended = threading.Event()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -72,6 +74,13 @@ class Upstream:
             await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
             await asyncio.wait_for(self.release.wait(), 10)
             await send({"type": "http.response.body", "body": b"last\n", "more_body": False})
+        elif path == "/forever":
+            self.forever_ended.clear()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.forever_ended.set()
         elif path == "/release":
             assert self.release is not None
             self.release.set()
@@ -178,6 +187,16 @@ async def test_proxy_streams_response_chunk_by_chunk(http: httpx.AsyncClient) ->
         async with asyncio.timeout(5):
             rest = b"".join([chunk async for chunk in chunks])
         assert rest == b"last\n"
+
+
+async def test_proxy_ends_the_upstream_stream_when_the_browser_leaves(
+    http: httpx.AsyncClient, site: tuple[Upstream, ServerThread]
+) -> None:
+    async with http.stream("GET", "/forever") as response:
+        async with asyncio.timeout(5):
+            assert await response.aiter_raw().__anext__() == b"tick\n"
+    # The upstream's endless response is let go of, not kept open for nobody.
+    assert await asyncio.to_thread(site[0].forever_ended.wait, 5)
 
 
 async def test_proxy_websocket_echo(proxy: Served) -> None:
