@@ -68,11 +68,11 @@ class Reader(asyncio.Protocol):
             self.transport.close()
 
 
-def stalled_socket(port: int, path: str) -> socket.socket:
+def stalled_socket(port: int, path: str, extra: str = "") -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(request(port, path))
+    sock.sendall(request(port, path, extra))
     return sock
 
 
@@ -177,3 +177,33 @@ async def flood(url: str, readers: list[Reader], stalled: list[socket.socket], p
                 assert again.seqs == list(range(last_seq + 1, MESSAGES))
                 assert not again.missed
                 transport.close()
+
+
+async def test_slow_consumers_cross_origin_are_cut_without_an_error_log() -> None:
+    env = {
+        "MARTD_CORS_ORIGINS": "https://site.example",
+        "MARTD_SUB_SNDBUF": "16384",
+        "MARTD_SUB_BUFFER_MESSAGES": "16",
+        "MARTD_SUB_STALL": "10",
+    }
+    with uvicorn_process(env) as server:
+        origin = "Origin: https://site.example\r\n"
+        stalled = [stalled_socket(server.port, "/sub/cors", origin) for _ in range(2)]
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                deadline = time.monotonic() + 10
+                while (await client.get("/stats")).json()["subscribers"] < 2:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+                for _ in range(200):
+                    await client.post("/pub/cors", content=b"x" * PAYLOAD)
+                while (await client.get("/stats")).json()["dropped_slow"] < 2:
+                    assert time.monotonic() < deadline + 10
+                    await asyncio.sleep(0.05)
+            for sock in stalled:
+                data = await asyncio.to_thread(read_all, sock)
+                assert b"access-control-allow-origin: https://site.example" in data
+        finally:
+            for sock in stalled:
+                sock.close()
+    assert "ASGI callable returned" not in server.output()

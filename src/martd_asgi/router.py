@@ -55,17 +55,33 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
             return
 
 
+def _transport(send: Any) -> Any:
+    """The server's transport under ``send``, if it can be reached.
+
+    uvicorn's ``send`` is a bound method of an object that holds the connection's
+    transport. Middleware that wraps ``send`` can say what it wraps with
+    ``__wrapped__`` (as ``functools.wraps`` does).
+    """
+    for _ in range(8):
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if transport is not None:
+            return transport
+        send = getattr(send, "__wrapped__", None)
+        if send is None:
+            return None
+    return None
+
+
 def drop_connection(send: Send) -> None:
     """Close the connection under ``send`` now, discarding what it holds unsent.
 
     A connection that does not drain would otherwise stay open until the client
     reads what the server buffered for it, and the server would log the handler's
-    early return as an error. uvicorn's ``send`` is a bound method of an object
-    that holds the connection's transport; other servers (or middleware wrapping
-    ``send``) close the connection themselves when the handler returns.
+    early return as an error. Where the transport cannot be reached (another
+    server, or middleware that wraps ``send`` without ``__wrapped__``) the server
+    closes the connection itself when the handler returns.
     """
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    abort = getattr(transport, "abort", None)
+    abort = getattr(_transport(send), "abort", None)
     if abort is not None:
         abort()
 
@@ -78,8 +94,7 @@ def set_send_buffer(send: Send, size: int) -> None:
     small fixed buffer bounds that kernel memory and lets the slow-consumer
     policy see the client sooner.
     """
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    get_extra_info = getattr(transport, "get_extra_info", None)
+    get_extra_info = getattr(_transport(send), "get_extra_info", None)
     sock = get_extra_info("socket") if get_extra_info is not None else None
     if sock is not None:
         try:
