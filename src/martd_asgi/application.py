@@ -25,6 +25,7 @@ from .config import Settings
 from .errors import BadRequest, Forbidden, MartdError, NotFound
 from .router import Router
 from .transports import publish as pub
+from .transports import websocket
 from .transports.common import (
     CALLBACK_RE,
     Receive,
@@ -67,7 +68,7 @@ class MartdApp:
         self.started = False
         self.closing = False
         self.started_at = time.time()
-        self.websocket: WebSocketHandler = _no_websocket
+        self.websocket: WebSocketHandler = websocket.serve
         self._start_lock: asyncio.Lock | None = None
         self._static: dict[str, tuple[bytes, bytes]] = {}
 
