@@ -214,6 +214,7 @@ class MartdApp:
             return
         routes: dict[str, Callable[[Request, Send], Awaitable[None]]] = {
             "/client.js": self._client_js,
+            "/client.mjs": self._client_mjs,
             "/healthz": self._healthz,
             "/stats": self._stats,
             "/demo": self._demo,
@@ -267,6 +268,15 @@ class MartdApp:
             send,
             "client.js",
             b"application/javascript; charset=utf-8",
+            b"public, max-age=300, must-revalidate",
+        )
+
+    async def _client_mjs(self, request: Request, send: Send) -> None:
+        await self._static_response(
+            request,
+            send,
+            "client.mjs",
+            b"text/javascript; charset=utf-8",
             b"public, max-age=300, must-revalidate",
         )
 
