@@ -590,9 +590,13 @@
 
   function webSocket(names, etags, h) {
     var ws = new win.WebSocket(subUrl(names, etags).replace(/^http/, "ws")), idle = null;
+    // Silent for idle/2: ask for a pong; still silent at idle: the connection is dead.
     function alive() {
       clearTimeout(idle);
-      idle = setTimeout(function () { h.error({ error: "martd: the WebSocket went silent" }); }, cfg.idle);
+      idle = setTimeout(function () {
+        try { ws.send('{"type":"ping"}'); } catch (e) { /* closing */ }
+        idle = setTimeout(function () { h.error(null); }, cfg.idle / 2);
+      }, cfg.idle / 2);
     }
     ws.onopen = function () { alive(); h.open(); };
     ws.onmessage = function (e) {

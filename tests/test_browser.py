@@ -47,6 +47,7 @@ PAYLOADS = [
 ]
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>t</title></head><body>
+<script>%(before)s</script>
 <script src="%(src)s" %(attrs)s></script>
 <script>
   window.got = []; window.events = []; window.handles = {};
@@ -155,11 +156,19 @@ def server(serve: Callable[..., SiteServer]) -> SiteServer:
 
 
 def open_page(
-    context: Any, server: SiteServer, *, src: str | None = None, path: str = "/t.html", **data: str
+    context: Any,
+    server: SiteServer,
+    *,
+    src: str | None = None,
+    path: str = "/t.html",
+    before: str = "",
+    **data: str,
 ) -> Any:
-    """A page of ``server``'s site that loads client.js (from ``src``) with data- attributes."""
+    """A page of ``server``'s site that loads client.js (from ``src``) with data- attributes,
+    after running the script ``before``."""
     attrs = " ".join(f'data-{k}="{v}"' for k, v in data.items())
-    server.site.pages[path] = PAGE % {"src": src or f"{server.base}/client.js", "attrs": attrs}
+    src = src or f"{server.base}/client.js"
+    server.site.pages[path] = PAGE % {"src": src, "attrs": attrs, "before": before}
     page = context.new_page()
     page.goto(server.url + path)
     return page
@@ -434,6 +443,61 @@ def test_client_falls_back_when_a_stream_stalls(context: Any, server: SiteServer
     assert page.evaluate("martd.transport") == "websocket"
     etag = push(server, "slow", "got through")["etag"]
     assert got(page, 1) == [["slow", "got through", etag]]
+
+
+def test_client_without_eventsource_websocket_or_xhr_uses_jsonp(
+    context: Any, server: SiteServer
+) -> None:
+    old_browser = "window.EventSource = window.WebSocket = window.XMLHttpRequest = undefined;"
+    page = open_page(context, server, before=old_browser)
+    page.evaluate("listen('old')")
+    connected(server, "jsonp")
+    etag = push(server, "old", "still here ✓")["etag"]
+    assert got(page, 1) == [["old", "still here ✓", etag]]
+    assert page.evaluate("martd.transport") == "jsonp"
+
+
+def test_client_second_subscription_with_an_etag_catches_up_alone(
+    context: Any, server: SiteServer
+) -> None:
+    page = open_page(context, server)
+    page.evaluate("listen('log')")
+    connected(server)
+    etags = [push(server, "log", f"m{i}")["etag"] for i in range(3)]
+    got(page, 3)
+    page.evaluate(
+        "window.late = []; martd.sub('log', function (d, e) { late.push([d, e]); }, "
+        + json.dumps(etags[0])
+        + ")"
+    )
+    page.wait_for_function("window.late.length >= 2")
+    m3 = push(server, "log", "m3")["etag"]
+    page.wait_for_function("window.late.length >= 3")
+    settle(page, server, "log")
+    assert page.evaluate("window.late") == [
+        ["m1", etags[1]],
+        ["m2", etags[2]],
+        ["m3", m3],
+        ["marker", page.evaluate("window.got[4][2]")],
+    ]
+    assert [m[1] for m in page.evaluate("window.got")] == ["m0", "m1", "m2", "m3", "marker"]
+
+
+def test_client_loads_as_an_es_module(context: Any, serve: Callable[..., SiteServer]) -> None:
+    server = serve(prefix="/martd")
+    server.site.pages["/module.html"] = """<!doctype html><meta charset="utf-8">
+<script type="module">
+  import martd, { sub } from "/martd/client.mjs";
+  window.got = [];
+  window.url = martd.config().url;
+  sub("esm", function (data, etag) { got.push(["esm", data, etag]); });
+</script>"""
+    page = context.new_page()
+    page.goto(server.url + "/module.html")
+    page.wait_for_function("window.martd && martd.state === 'open'")
+    assert page.evaluate("window.url") == server.url + "/martd"
+    answer = httpx.post(f"{server.url}/martd/pub/esm", content=b"as a module", headers=AUTH)
+    assert got(page, 1) == [["esm", "as a module", answer.json()["etag"]]]
 
 
 def test_client_deleted_channel_is_told_and_ends(context: Any, server: SiteServer) -> None:
