@@ -157,9 +157,14 @@ async def test_websocket_pub_with_key_is_acked_and_delivered(
     make_server: Callable[..., ServerThread],
 ) -> None:
     # MARTD_ALLOW empty: this client is not a server, so only the key lets it push.
-    server = make_server(allow="")
-    app = server.app
-    await app.publish("keyed", "created", key="s3cret")
+    server = make_server(allow="", secret="server-secret")
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        created = await client.post(
+            "/pub/keyed?key=s3cret",
+            content=b"created",
+            headers={"authorization": "Bearer server-secret"},
+        )
+        assert created.status_code == 201
     async with connect(ws_url(server, "/sub/keyed")) as ws:
         await ws.send(
             json.dumps(
