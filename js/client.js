@@ -383,10 +383,16 @@
     post({ t: "want", channels: keys(subs) });
   }
 
+  // Batch the changes of one task (a microtask is not throttled in background tabs).
+  function soon(fn) {
+    if (win.Promise) win.Promise.resolve().then(fn);
+    else later(fn);
+  }
+
   function changed() {
     if (pending || !started) return;
     pending = true;
-    later(function () {
+    soon(function () {
       pending = false;
       if (leader) reopen();
       else announce();

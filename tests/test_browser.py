@@ -444,6 +444,36 @@ def test_client_falls_back_when_a_stream_stalls(context: Any, server: SiteServer
     etag = push(server, "slow", "got through")["etag"]
     assert got(page, 1) == [["slow", "got through", etag]]
 
+    # The session remembers it: the next page of this tab starts with WebSocket.
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.reload()
+    page.evaluate("listen('slow')")
+    page.wait_for_function("martd.state === 'open'")
+    assert page.evaluate("martd.transport") == "websocket" and len(sockets) == 1
+
+
+def test_client_keeps_a_quiet_websocket_alive_with_its_own_pings(
+    context: Any, serve: Callable[..., SiteServer]
+) -> None:
+    server = serve(ping=60)  # the server's keep-alives are too rare for this client
+    page = open_page(context, server, transport="websocket")
+    sockets: list[Any] = []
+    pings: list[str] = []
+
+    def opened(ws: Any) -> None:
+        sockets.append(ws)
+        ws.on("framesent", lambda payload: pings.append(payload))
+
+    page.on("websocket", opened)
+    page.evaluate("martd.config({idle: 600}); listen('quiet')")
+    connected(server, "websocket")
+    page.wait_for_timeout(1500)  # more than twice the idle time, answered by pongs
+    assert len(sockets) == 1 and page.evaluate("martd.state") == "open"
+    assert pings and all(json.loads(p) == {"type": "ping"} for p in pings)
+    etag = push(server, "quiet", "still there")["etag"]
+    assert got(page, 1) == [["quiet", "still there", etag]]
+
 
 def test_client_without_eventsource_websocket_or_xhr_uses_jsonp(
     context: Any, server: SiteServer
