@@ -186,7 +186,7 @@
 
   function control(type, channel) {
     if (type === "missed") {
-      emit("missed", { channel: channel });
+      if (subs[channel]) emit("missed", { channel: channel });
       return;
     }
     if (type !== "kicked" && type !== "deleted") return;
@@ -376,6 +376,7 @@
     else if (m.t === "e") record(m.c).etag = m.e;
     else if (m.t === "c") control(m.type, m.c);
     else if (m.t === "s") { setLive(m.live || []); setState(m.state, m.transport); }
+    else if (m.t === "x") emit("error", m.detail);
     else if (m.t === "hello") announce();
   }
 
@@ -524,7 +525,10 @@
         control(type, channel);
       },
       error: function (detail) {
-        if (detail) emit("error", detail);
+        if (detail) {
+          post({ t: "x", detail: detail });
+          emit("error", detail);
+        }
         failed(c);
       }
     };

@@ -405,6 +405,27 @@ def test_client_tabs_share_one_connection(context: Any, server: SiteServer) -> N
     assert len(second.evaluate("window.got")) == 4
 
 
+def test_client_tab_resuming_from_an_etag_catches_up_through_the_leader(
+    context: Any, server: SiteServer
+) -> None:
+    first = open_page(context, server)
+    first.evaluate("listen('log')")
+    connected(server, "sse")
+    etags = [push(server, "log", f"m{i}")["etag"] for i in range(3)]
+    got(first, 3)
+    second = context.new_page()
+    second.goto(first.url)
+    second.evaluate(f"listen('log', {json.dumps(etags[0])})")
+    assert got(second, 2) == [["log", "m1", etags[1]], ["log", "m2", etags[2]]]
+    m3 = push(server, "log", "m3")["etag"]
+    assert got(second, 3)[2] == ["log", "m3", m3]
+    assert got(first, 4)[3] == ["log", "m3", m3]
+    connected(server, "sse")  # the catch-up poll is over; the leader's stream remains
+    settle(second, server, "log")
+    assert len(second.evaluate("window.got")) == 4
+    assert len(first.evaluate("window.got")) == 5
+
+
 # -------------------------------------------------- finding and choosing
 
 
