@@ -216,6 +216,26 @@ async def test_websocket_closes_1012_on_shutdown() -> None:
     assert code == 1012
 
 
+async def test_websocket_closes_1012_when_martd_begins_shutdown() -> None:
+    # What SIGTERM does: martd ends every subscription itself, before uvicorn does.
+    app = create_app()
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def site(scope: Any, receive: Any, send: Any) -> None:
+        loops.append(asyncio.get_running_loop())
+        await app(scope, receive, send)
+
+    with running(site) as server:
+        async with connect(ws_url(server, "/sub/bye")) as ws:
+            loops[0].call_soon_threadsafe(app.begin_shutdown)
+            async with asyncio.timeout(5):
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await ws.recv()
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1012, "shutdown")
+
+
 async def test_websocket_counts_as_a_connection_in_stats(
     make_server: Callable[..., ServerThread],
 ) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Control
 from ..channels import History, Message, check_name, parse_push_attributes
-from ..errors import BadRequest, Forbidden, MartdError, PayloadTooLarge
+from ..errors import BadRequest, Forbidden, MartdError, PayloadTooLarge, Unavailable
 from ..router import Subscriber, _uncancel
 from .common import Receive, Request, Send, Subscription
 from .subscribe import attach, detach, histories
@@ -134,7 +134,13 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
         server = app.authority.is_server(request.scope, request.headers, request.query, channel)
         if not server and attrs.key is None:
             raise Forbidden("key: not a server; pushing needs the channel's key", field="key")
-        result = await app.backend.publish(channel, data, attrs, server=server)
+        try:
+            result = await app.backend.publish(channel, data, attrs, server=server)
+        except MartdError:
+            raise
+        except Exception:
+            app.log.warning("push over WebSocket failed", exc_info=True)
+            raise Unavailable("backend: the push could not be stored; try again") from None
     except MartdError as error:
         return frame({"type": "error", "id": ident, **error.body(), "status": error.status})
     app.counters["published"] += 1
