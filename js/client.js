@@ -30,6 +30,7 @@
     share: true,        // one connection for all tabs of this origin
     stall: 8000,        // ms a stream may take to open before the next transport is tried
     idle: 45000,        // ms without any WebSocket frame (pings included): dead
+    token: null,        // a signed token (grants for private channels and pushes), sent as ?token=
     timeout: 25,        // seconds a long-poll waits
     retry: 500,         // ms before the first reconnect; doubles up to maxRetry
     maxRetry: 30000
@@ -275,8 +276,10 @@
         x.send(frame);
         return;
       }
-      var url = cfg.url + "/pub/" + encodeURIComponent(channel);
-      if (key !== undefined && key !== null) url += "?key=" + encodeURIComponent(key);
+      var query = [];
+      if (key !== undefined && key !== null) query.push("key=" + encodeURIComponent(key));
+      if (cfg.token) query.push("token=" + encodeURIComponent(cfg.token));
+      var url = cfg.url + "/pub/" + encodeURIComponent(channel) + (query.length ? "?" + query.join("&") : "");
       xhrPost(url, body, function (status, answer) {
         if (status >= 200 && status < 300) resolve(answer);
         else fail(status, answer);
@@ -323,7 +326,7 @@
       else if (has.call(cfg, k)) cfg[k] = options[k];
     });
     if (typeof cfg.url === "string") cfg.url = cfg.url.replace(/\/$/, "");
-    if (leader && ("transport" in options || "transports" in options || "url" in options)) {
+    if (leader && ("transport" in options || "transports" in options || "url" in options || "token" in options)) {
       restart();
     }
     return martd;
@@ -573,6 +576,7 @@
     var url = cfg.url + "/sub/" + names.join(",") + "?cid=" + martd.cid;
     var list = etags.join(",");
     if (list.replace(/,/g, "")) url += "&etag=" + encodeURIComponent(list);
+    if (cfg.token) url += "&token=" + encodeURIComponent(cfg.token);
     return url;
   }
 

@@ -23,6 +23,7 @@ import pytest
 from conftest import ServerThread, require
 from martd_asgi import create_app
 from martd_asgi.channels import PushAttributes
+from martd_asgi.tokens import mint_token
 
 pytestmark = pytest.mark.browser
 
@@ -374,6 +375,24 @@ def test_client_gets_what_it_missed_across_a_server_restart(context: Any, transp
         assert len(page.evaluate("window.got")) == 8
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("transport", ["sse", "websocket"])
+def test_client_token_opens_private_channels_and_grants_pushes(
+    context: Any, serve: Callable[..., SiteServer], transport: str
+) -> None:
+    secret = "a-signing-secret-of-at-least-32-bytes"
+    server = serve(secret=secret, allow="", private="vip.*")
+    token = mint_token(secret, subscribe=["vip.*"], publish=["vip.room"], ttl=60)
+    page = open_page(context, server, transport=transport)
+    page.evaluate(f"martd.config({{token: {json.dumps(token)}}}); listen('vip.room')")
+    page.wait_for_function("martd.state === 'open'")
+    answer = page.evaluate("martd.pub('vip.room', null, 'granted')")
+    assert got(page, 1) == [["vip.room", "granted", answer["etag"]]]
+    refused = page.evaluate(
+        "martd.pub('vip.other', null, 'x').catch(function (e) { return e.status; })"
+    )
+    assert refused == 403
 
 
 # -------------------------------------------------------------------- tabs
