@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -199,3 +200,41 @@ async def test_limits_retained_bytes_stay_exact_under_any_sequence() -> None:
                 assert c.bytes == sum(message_cost(m) for m in c.messages)
             assert backend.retained_bytes == sum(c.bytes for c in held)
             assert backend.retained_bytes <= 6000
+
+
+async def test_limits_websocket_pushes_and_upgrades(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    import json
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    server = make_server(
+        allow="", secret="server-secret", push_rate=1, push_burst=1, max_subscribers=1
+    )
+    bearer = {"authorization": "Bearer server-secret"}
+    ws_url = server.url.replace("http://", "ws://") + "/sub/keyed"
+    async with httpx.AsyncClient(base_url=server.url, headers=bearer) as client:
+        created = await client.post("/pub/keyed?key=s3cret", content=b"created")
+        assert created.status_code == 201
+        async with connect(ws_url) as ws:
+            for ident in (1, 2):
+                pub = {"type": "pub", "channel": "keyed", "key": "s3cret", "data": "x", "id": ident}
+                await ws.send(json.dumps(pub))
+            frames = []
+            async with asyncio.timeout(5):
+                while len([f for f in frames if f.get("id") in (1, 2)]) < 2:
+                    frames.append(json.loads(await ws.recv()))
+            answers = {f["id"]: f for f in frames if f.get("id") in (1, 2)}
+            assert answers[1]["type"] == "ack"
+            assert answers[2]["type"] == "error" and answers[2]["status"] == 429
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(ws_url):
+                    pass
+            assert refused.value.response.status_code == 429
+        text = (await client.get("/metrics")).text
+        assert metric(text, "martd_rejected_requests_total", status="429", reason="rate") == 1
+        assert (
+            metric(text, "martd_rejected_requests_total", status="429", reason="subscribers") == 1
+        )
