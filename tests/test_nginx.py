@@ -3,8 +3,10 @@
 The browser is 127.0.0.2 (httpx bound to that local address) and nginx is
 127.0.0.1; martd allows only 127.0.0.2 and trusts only 127.0.0.1 as a proxy,
 so a push through nginx is accepted exactly when martd sees the browser's
-address rather than nginx's. uvicorn's own proxy-header rewriting is off, so
-it is martd that reads X-Forwarded-For.
+address rather than nginx's. Every test runs twice: with uvicorn's own
+proxy-header rewriting off (martd reads X-Forwarded-For itself, as it must
+under any other server) and on (uvicorn's default, as in the command that
+deploy/nginx.conf and docs/deploy.md give).
 """
 
 from __future__ import annotations
@@ -116,8 +118,12 @@ def stop_nginx(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(
+    scope="module", params=[False, True], ids=["martd-reads-forwarded", "uvicorn-proxy-headers"]
+)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     binary = nginx_binary()
     require("nginx", binary is not None, "install nginx-light (or nginx)")
     assert binary is not None
@@ -134,7 +140,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     authority.configure_trust(ca)
 
     app = create_app(allow=BROWSER, trusted_proxies="127.0.0.1", backend="memory")
-    with running(app, proxy_headers=False) as martd:
+    with running(app, proxy_headers=request.param) as martd:
         http_port, tls_port = free_port(), free_port()
         conf = render(
             CONF.read_text(),
