@@ -7,7 +7,9 @@ reach an SSE subscriber under /martd/.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -105,6 +107,34 @@ async def test_examples_asgi_app_delivers_its_own_push_under_martd(
                 assert answer.status_code == 200, answer.text
                 event = await stream.next()
                 assert event == {"id": answer.json()["etag"], "data": '{"text": "from the app"}'}
+
+
+@pytest.mark.parametrize("name", sorted(ASGI_EXAMPLES))
+async def test_examples_asgi_app_routes_websockets_under_martd_to_martd(
+    name: str, tmp_path: Path
+) -> None:
+    if getattr(create_app().websocket, "__name__", "") == "_no_websocket":
+        pytest.xfail("the WebSocket transport is not in this build yet")
+    from websockets.asyncio.client import connect
+
+    with asgi_example(name, tmp_path / "server.log") as (url, _):
+        ws_url = url.replace("http://", "ws://") + "/martd/sub/news"
+        async with (
+            connect(ws_url, open_timeout=5) as ws,
+            httpx.AsyncClient(base_url=url, timeout=10) as client,
+        ):
+            answer = await publish_from_the_app(client, name, "over a websocket")
+            assert answer.status_code == 200, answer.text
+            async with asyncio.timeout(5):
+                while True:
+                    frame = json.loads(await ws.recv())
+                    if "type" not in frame:  # keep-alive and control frames
+                        break
+            assert frame == {
+                "channel": "news",
+                "etag": answer.json()["etag"],
+                "data": '{"text": "over a websocket"}',
+            }
 
 
 @pytest.mark.parametrize("name", sorted(ASGI_EXAMPLES))
