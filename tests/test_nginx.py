@@ -304,3 +304,31 @@ def test_nginx_conf_and_deploy_docs_agree_on_the_prefix() -> None:
     line = "proxy_pass http://martd/;"
     assert line in conf and line in docs
     assert "X-Forwarded-For $remote_addr" in conf and "X-Forwarded-For $remote_addr" in docs
+
+
+def test_nginx_conf_envsubst_command_in_its_header_fills_every_marker(tmp_path: Path) -> None:
+    envsubst = shutil.which("envsubst")
+    if envsubst is None:
+        pytest.skip("envsubst (gettext-base) not installed")
+    template = CONF.read_text()
+    header = " ".join(
+        line.lstrip("#").strip() for line in template.splitlines() if line.startswith("#")
+    )
+    quoted = re.search(r"envsubst '([^']*)'", header)
+    assert quoted is not None, "the header shows no envsubst command"
+    names = re.findall(r"\$\{([A-Z_]+)\}", quoted.group(1))
+    values = {name: f"value-of-{name.lower()}" for name in names}
+    done = subprocess.run(
+        [envsubst, quoted.group(1)],
+        input=template,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ.get("PATH", "")} | values,
+        timeout=10,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # The same result as the test's renderer, so every marker is named there,
+    # and nginx's own $variables are left alone.
+    assert done.stdout == render(template, values)
+    assert "$connection_upgrade" in done.stdout and "$remote_addr" in done.stdout
