@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from conftest import running, sse
+from conftest import require, running, sse
 from martd_asgi import create_app
 
 pytestmark = pytest.mark.anyio
@@ -156,6 +157,38 @@ async def test_examples_asgi_app_ends_martds_streams_on_shutdown(name: str, tmp_
         assert process.wait(timeout=8) in (0, -signal.SIGTERM)
         assert time.monotonic() - started_at < 8
     assert "Application shutdown complete" in log.read_text()
+
+
+async def subscribers(url: str) -> int:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return int((await client.get(url + "/martd/stats")).json()["subscribers"])
+
+
+@pytest.mark.browser
+async def test_examples_asgi_app_page_shows_what_its_form_publishes(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium")
+    require("browser", chromium is not None, "install Debian's chromium")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            for name in sorted(ASGI_EXAMPLES):
+                with asgi_example(name, tmp_path / f"{name}.log") as (url, _):
+                    page = await browser.new_page()
+                    await page.goto(url + "/")
+                    deadline = time.monotonic() + 5
+                    while await subscribers(url) < 1:  # the page's stream is open
+                        assert time.monotonic() < deadline, f"{name}: the page did not subscribe"
+                        await asyncio.sleep(0.05)
+                    await page.fill("input[name=text]", f"typed in the {name} page")
+                    await page.click("button")
+                    item = await page.wait_for_selector("#news li", timeout=5000)
+                    assert item is not None
+                    assert await item.inner_text() == f"typed in the {name} page"
+                    await page.close()
+        finally:
+            await browser.close()
 
 
 def test_examples_django_site_passes_djangos_checks() -> None:
