@@ -280,7 +280,7 @@ async def test_nginx_https_serves_streams_over_http2(stack: Stack) -> None:
     ):
         page = await client.get("/")
         assert page.status_code == 200 and page.http_version == "HTTP/2"
-        # Several streams and a push share the one HTTP/2 connection.
+        # Two streams on the one HTTP/2 connection, each delivering as pushed.
         async with (
             sse(client, "/martd/sub/nginx-h2a") as one,
             sse(client, "/martd/sub/nginx-h2b") as two,
@@ -291,8 +291,8 @@ async def test_nginx_https_serves_streams_over_http2(stack: Stack) -> None:
                 assert (await stream.next(timeout=3))["data"] == channel, pushed.text
 
 
-def test_nginx_conf_timeouts_outlast_martds_poll_and_ping(stack: Stack) -> None:
-    read = re.search(r"proxy_read_timeout\s+(\d+)s;", stack.conf)
+def test_nginx_conf_timeouts_outlast_martds_poll_and_ping() -> None:
+    read = re.search(r"proxy_read_timeout\s+(\d+)s;", CONF.read_text())
     assert read is not None
     defaults = Settings()
     assert int(read.group(1)) > max(defaults.poll_timeout, defaults.ping)
