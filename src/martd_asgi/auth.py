@@ -61,7 +61,17 @@ def client_address(
     """
     peer = scope.get("client")
     address = _parse_ip(peer[0]) if peer else None
-    if address is None or not trusted or not _within(address, trusted):
+    if address is None:
+        return None
+    if not trusted:
+        # A server in front of martd (uvicorn trusts 127.0.0.1 by default) may
+        # already have replaced the peer with a forwarded address. martd trusts
+        # no proxy unless told to, so such an address proves nothing.
+        chain = forwarded_chain(headers)
+        if chain and any(_parse_ip(hop) == address for hop in chain):
+            return None
+        return address
+    if not _within(address, trusted):
         return address
     for hop in reversed(forwarded_chain(headers)):
         hop_address = _parse_ip(hop)
