@@ -11,6 +11,7 @@ deploy/nginx.conf and docs/deploy.md give).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -118,17 +120,13 @@ def stop_nginx(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
-@pytest.fixture(
-    scope="module", params=[False, True], ids=["martd-reads-forwarded", "uvicorn-proxy-headers"]
-)
-def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+@contextlib.contextmanager
+def nginx_in_front(tmp: Path, app: Any, *, proxy_headers: bool) -> Iterator[Stack]:
+    """uvicorn serving ``app``, and nginx with deploy/nginx.conf in front of it."""
     binary = nginx_binary()
     require("nginx", binary is not None, "install nginx-light (or nginx)")
     assert binary is not None
 
-    tmp = tmp_path_factory.mktemp("nginx")
     site = tmp / "site"
     site.mkdir()
     (site / "index.html").write_text(SITE_PAGE)
@@ -139,8 +137,7 @@ def stack(
     ca = ssl.create_default_context()
     authority.configure_trust(ca)
 
-    app = create_app(allow=BROWSER, trusted_proxies="127.0.0.1", backend="memory")
-    with running(app, proxy_headers=request.param) as martd:
+    with running(app, proxy_headers=proxy_headers) as martd:
         http_port, tls_port = free_port(), free_port()
         conf = render(
             CONF.read_text(),
@@ -169,6 +166,17 @@ def stack(
             )
         finally:
             stop_nginx(process)
+
+
+@pytest.fixture(
+    scope="module", params=[False, True], ids=["martd-reads-forwarded", "uvicorn-proxy-headers"]
+)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    app = create_app(allow=BROWSER, trusted_proxies="127.0.0.1", backend="memory")
+    with nginx_in_front(tmp_path_factory.mktemp("nginx"), app, proxy_headers=request.param) as s:
+        yield s
 
 
 async def test_nginx_serves_the_sites_own_pages(stack: Stack) -> None:
@@ -332,3 +340,24 @@ def test_nginx_conf_envsubst_command_in_its_header_fills_every_marker(tmp_path: 
     # and nginx's own $variables are left alone.
     assert done.stdout == render(template, values)
     assert "$connection_upgrade" in done.stdout and "$remote_addr" in done.stdout
+
+
+async def test_nginx_without_trusted_proxies_no_request_through_it_is_a_server(
+    tmp_path: Path,
+) -> None:
+    """Forgetting MARTD_TRUSTED_PROXIES fails safe: nobody publishes through nginx by address.
+
+    nginx connects from loopback, which the default MARTD_ALLOW lets publish,
+    and uvicorn (proxy headers on, trusting 127.0.0.1) replaces that peer with
+    the X-Forwarded-For address; martd, trusting no proxy, counts neither.
+    """
+    app = create_app(backend="memory")  # default MARTD_ALLOW, no trusted proxies
+    with nginx_in_front(tmp_path, app, proxy_headers=True) as stack:
+        async with (
+            stack.nginx_host() as local,
+            httpx.AsyncClient(base_url=stack.martd.url, timeout=10) as direct,
+        ):
+            through = await local.post("/martd/pub/nginx-untrusted", content="via nginx")
+            assert through.status_code == 403, through.text
+            straight = await direct.post("/pub/nginx-untrusted", content="to uvicorn")
+            assert straight.status_code == 201, straight.text
