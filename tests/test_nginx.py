@@ -148,7 +148,7 @@ def nginx_in_front(tmp: Path, app: Any, *, proxy_headers: bool) -> Iterator[Stac
                 "LISTEN_PORT": f"127.0.0.1:{http_port}",
                 "TLS_PORT": f"127.0.0.1:{tls_port}",
                 "SITE_ROOT": str(site),
-                "MARTD_UPSTREAM": f"127.0.0.1:{martd.port}",
+                "UPSTREAM_ADDR": f"127.0.0.1:{martd.port}",
                 "SSL_CERTIFICATE": str(tmp / "server.pem"),
                 "SSL_CERTIFICATE_KEY": str(tmp / "server.pem"),
             },
