@@ -22,10 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
-from conftest import require, running, sse
+from conftest import require, sse
 from martd_asgi import create_app
 
 pytestmark = pytest.mark.anyio
@@ -202,25 +200,29 @@ def test_examples_django_site_passes_djangos_checks() -> None:
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
 
 
-async def test_examples_flask_app_publishes_over_http_to_martd(tmp_path: Path) -> None:
-    martd_app = create_app(backend="memory")
-
-    # martd alone, at /martd, as `martd serve` runs it.
-    host = Starlette(routes=[Mount("/martd", martd_app)], lifespan=lambda _: martd_app.lifespan())
-    with running(host) as martd:
-        port = free_port()
-        command = [
-            sys.executable, "-m", "flask", "--app", "examples/wsgi_flask/app.py",
-            "run", "--host", "127.0.0.1", "--port", str(port),
-        ]  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        env = {"MARTD_URL": martd.url + "/martd"}
-        with started(command, url + "/", tmp_path / "flask.log", env):
-            async with (
-                httpx.AsyncClient(timeout=10) as client,
-                sse(client, martd.url + "/martd/sub/news") as stream,
-            ):
-                answer = await client.post(url + "/notify", data={"text": "from flask"})
+async def test_examples_flask_app_behind_martd_serve_publishes_over_http(tmp_path: Path) -> None:
+    """The README's two processes: Flask, and `martd serve --upstream` in front of it."""
+    flask_port, martd_port = free_port(), free_port()
+    site = f"http://127.0.0.1:{martd_port}"
+    flask = [
+        sys.executable, "-m", "flask", "--app", "examples/wsgi_flask/app.py",
+        "run", "--host", "127.0.0.1", "--port", str(flask_port),
+    ]  # fmt: skip
+    martd = [
+        str(Path(sys.executable).with_name("martd")), "serve",
+        "--host", "127.0.0.1", "--port", str(martd_port),
+        "--upstream", f"http://127.0.0.1:{flask_port}",
+    ]  # fmt: skip
+    flask_env = {"MARTD_URL": site + "/martd"}
+    with (
+        started(flask, f"http://127.0.0.1:{flask_port}/", tmp_path / "flask.log", flask_env),
+        started(martd, site + "/", tmp_path / "martd.log"),
+    ):
+        async with httpx.AsyncClient(base_url=site, timeout=10) as client:
+            page = await client.get("/")  # Flask's page, through martd
+            assert '<script src="/martd/client.js">' in page.text
+            async with sse(client, "/martd/sub/news") as stream:
+                answer = await client.post("/notify", data={"text": "from flask"})
                 assert answer.status_code == 200, answer.text
                 event = await stream.next()
                 assert event == {"id": answer.json()["etag"], "data": '{"text": "from flask"}'}
