@@ -23,7 +23,7 @@ from .backends.base import Backend, make_backend
 from .channels import check_name, parse_push_attributes
 from .config import Settings
 from .cors import CORSMiddleware
-from .errors import BadRequest, Forbidden, MartdError, NotFound
+from .errors import Forbidden, MartdError, NotFound
 from .limits import Limits, configure_backend
 from .metrics import Metrics
 from .router import Router
@@ -331,7 +331,8 @@ class MartdApp:
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": b"" if request.method == "HEAD" else body})
+        body = b"" if request.method == "HEAD" else body
+        await send({"type": "http.response.body", "body": body})
 
     async def stats(self) -> dict[str, Any]:
         backend = await self.backend.stats()
@@ -370,10 +371,6 @@ async def _deny_websocket(scope: Scope, send: Send, error: MartdError) -> None:
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1008})
-
-
-async def _no_websocket(app: MartdApp, request: Request, req: Any, receive: Receive, send: Send) -> None:
-    await _deny_websocket(request.scope, send, BadRequest("transport: WebSocket is not available"))
 
 
 def create_app(**settings: Any) -> MartdApp:

@@ -68,7 +68,10 @@ FIELDS: dict[str, tuple[str, str]] = {
         "MARTD_PUSH_RATE",
         "pushes per second for one key-holder on one channel (`0`: no limit)",
     ),
-    "push_burst": ("MARTD_PUSH_BURST", "pushes a key-holder may make at once before the rate applies"),
+    "push_burst": (
+        "MARTD_PUSH_BURST",
+        "pushes a key-holder may make at once before the rate applies",
+    ),
     "max_retained_bytes": (
         "MARTD_MAX_RETAINED_BYTES",
         "memory backend: bytes of retained messages; the oldest of the largest channels go first"

@@ -31,7 +31,7 @@ class JSONFormatter(logging.Formatter):
         }
         args = record.args
         if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
-            for name, value in zip(ACCESS_FIELDS, args):
+            for name, value in zip(ACCESS_FIELDS, args, strict=True):
                 out[name] = redact(value) if isinstance(value, str) else value
         out["message"] = redact(record.getMessage())
         if record.exc_info:

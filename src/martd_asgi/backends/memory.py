@@ -38,7 +38,14 @@ def message_cost(msg: Message) -> int:
 
 class _Channel:
     __slots__ = (
-        "attrs", "key_hash", "messages", "first", "last", "dropped", "dropped_live", "bytes"
+        "attrs",
+        "bytes",
+        "dropped",
+        "dropped_live",
+        "first",
+        "key_hash",
+        "last",
+        "messages",
     )
 
     def __init__(self, attrs: Attributes, key_hash: str | None) -> None:
