@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ServerThread, sse, wait_for
+from conftest import ServerThread, sse
 from martd_asgi import create_app
 from opshelpers import metric, uvicorn_process
 
