@@ -17,7 +17,9 @@ import uvicorn
 
 from martd_asgi import create_app
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "redis"]
+# A database of the shared Redis of its own, flushed before each test that uses it.
+REDIS_URL = os.environ.get("MARTD_TEST_REDIS_URL", "redis://127.0.0.1:6379/6")
 
 
 @pytest.fixture
@@ -80,8 +82,23 @@ def running(app: Any, **config: Any) -> Iterator[ServerThread]:
         server.stop()
 
 
+def redis_url() -> str:
+    """REDIS_URL, flushed; skips (or fails in CI) when no Redis answers there."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        client.flushdb()
+        client.close()
+    except redis.RedisError as exc:
+        require("redis", False, f"{REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
 @pytest.fixture(params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis":
+        return redis_url()
     return str(request.param)
 
 
