@@ -407,7 +407,9 @@ class RedisBackend:
         cids[cid] = cids.get(cid, 0) + 1
         try:
             args = [cid, self._node, 1, self._lease_ms, self._keep_ms]
-            reply = await self._call(self._attach, self._keys(channel)[:2] + self._keys(channel)[3:], args)
+            reply = await self._call(
+                self._attach, self._keys(channel)[:2] + self._keys(channel)[3:], args
+            )
         except BaseException:
             self._forget(channel, cid)
             self._dirty.add(channel)
@@ -417,9 +419,11 @@ class RedisBackend:
             raise Conflict(
                 f"channel: {channel!r} is one2one and another client holds it", channel=channel
             )
-        last = etag_key(reply[1]) or ZERO
-        if self._seen.get(channel, ZERO) <= last:
-            self._seen[channel] = last
+        if channel not in self._seen:
+            # The first local subscriber: notifications up to here are older than it.
+            # Never move this later for subscribers already served: what is still in
+            # flight to them would be skipped.
+            self._seen[channel] = etag_key(reply[1]) or ZERO
 
     def _forget(self, channel: str, cid: str) -> tuple[int, int]:
         """One connection fewer; returns what is left on this channel and for this cid."""

@@ -156,7 +156,7 @@ end
 # KEYS h s id n o; ARGV events channel data server size life one2one keyhash
 #   given_size given_life given_one2one lease_ms id_ttl_ms
 # -> {'ok', etag, subscribers, messages, created, kicked, keep}  or  {'err', reason}
-PUBLISH = COMMON + r"""
+PUBLISH = r"""
 local h, s, idk, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local events, channel, data = ARGV[1], ARGV[2], ARGV[3]
 local server = ARGV[4] == '1'
@@ -239,7 +239,7 @@ return {'ok', id, subs, len, created}
 """
 
 # KEYS h s n -> false | {size, life, one2one, has_key, last, messages, subscribers}
-INFO = COMMON + r"""
+INFO = r"""
 local h, s, n = KEYS[1], KEYS[2], KEYS[3]
 local now = now_ms()
 local exists, subs = alive(h, s, n, now)
@@ -252,7 +252,7 @@ return {v[1], v[2], v[3], has_key, v[5] or '0', redis.call('XLEN', s), subs}
 
 # KEYS h s n; ARGV after ('' none, '0' all, or an id)
 # -> false | {last, given_out, dropped_live, entries}
-HISTORY = COMMON + r"""
+HISTORY = r"""
 local h, s, n = KEYS[1], KEYS[2], KEYS[3]
 local after = ARGV[1]
 local now = now_ms()
@@ -269,7 +269,7 @@ return {last, 1, droppedl, redis.call('XRANGE', s, '(' .. after, '+')}
 """
 
 # KEYS h s n o; ARGV events channel -> 1 deleted, 0 no such channel
-DELETE = COMMON + r"""
+DELETE = r"""
 local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms()
 if not alive(h, s, n, now) then return 0 end
@@ -280,7 +280,7 @@ return 1
 
 # KEYS h s n o; ARGV cid node delta lease_ms keep_ms
 # -> {'ok', last} or {'conflict'}
-ATTACH = COMMON + r"""
+ATTACH = r"""
 local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cid, node = ARGV[1], ARGV[2]
 local lease, keep_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -305,7 +305,7 @@ return {'ok', last}
 """
 
 # KEYS h s n o; ARGV cid node conns_left_on_node cid_conns_left_on_node lease_ms hold_ms
-DETACH = COMMON + r"""
+DETACH = r"""
 local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cid, node = ARGV[1], ARGV[2]
 local conns, cid_conns = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -333,7 +333,7 @@ return 1
 
 # KEYS h s n o; ARGV node conns lease_ms keep_ms cid...
 # Renews this process's leases on a channel (subscriber count and holds).
-REFRESH = COMMON + r"""
+REFRESH = r"""
 local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local node, conns = ARGV[1], tonumber(ARGV[2])
 local lease, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -349,3 +349,7 @@ local alive_now, subs = alive(h, s, n, now)
 if alive_now then set_expiry(h, s, subs, now, lease) end
 return 1
 """
+
+PUBLISH, INFO, HISTORY, DELETE, ATTACH, DETACH, REFRESH = (
+    COMMON + body for body in (PUBLISH, INFO, HISTORY, DELETE, ATTACH, DETACH, REFRESH)
+)
