@@ -3,15 +3,19 @@
 Each change to a channel is one Lua script (``redis_lua``): it validates the
 push, appends to the channel's stream, trims it and PUBLISHes a notification,
 atomically, so pushes from every process get one order and the stream ids are
-the etags everywhere. Each process keeps ONE pub/sub connection; the
-notifications carry whole messages, which go to the router in order.
+the etags everywhere. ``redis_fanout`` brings the notifications to this
+process's subscribers over one pub/sub connection, and catches up from the
+streams after a reconnect.
 
-When that connection breaks (Redis restarted, network), the process
-reconnects with backoff and, before reading further notifications, re-reads
-the stream of every channel it has subscribers for after the newest id it
-delivered: nothing is lost and nothing is repeated. Pushes meanwhile fail
-with 503, never silently. Subscriber counts and one2one holds are leases that
-each process renews, so a crashed process's subscribers lapse on their own.
+While Redis cannot be reached, pushes fail with 503, never silently.
+Subscriber counts and one2one holds are leases that each process renews, so a
+crashed process's subscribers lapse on their own.
+
+The URL is redis-py's (``redis://[user:password@]host:port/db``,
+``rediss://`` for TLS) with martd's own query options: ``prefix=`` (of every
+key, ``martd`` by default), ``cluster=1`` (Redis Cluster, the URL names any
+node), ``sentinel=NAME`` (the URL names a Sentinel, ``sentinels=h:p,h:p``
+more of them, and NAME the monitored master).
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from redis.backoff import NoBackoff
 from ..channels import (
     MAX_LIFE,
     ZERO,
-    EtagKey,
     History,
     Message,
     PushAttributes,
@@ -42,7 +45,8 @@ from ..channels import (
 )
 from ..errors import Conflict, Forbidden, Unavailable
 from . import redis_lua
-from .base import ChannelInfo, Control, Deliver, PublishResult
+from .base import ChannelInfo, Deliver, PublishResult
+from .redis_fanout import Fanout
 
 log = logging.getLogger("martd.redis")
 
@@ -61,12 +65,32 @@ FORBIDDEN = {
 }
 
 
-def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    """Take martd's own options (``prefix``) out of the URL's query."""
+def connect(url: str, options: dict[str, Any]) -> tuple[Any, str]:
+    """A redis-py asyncio client for ``url``, and the key prefix it asks for."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
-    ours = {k: query.pop(k) for k in ("prefix",) if k in query}
-    return urlunsplit(parts._replace(query=urlencode(query))), ours
+    prefix = query.pop("prefix", "martd")
+    cluster = query.pop("cluster", "").lower() in ("1", "true", "yes")
+    master = query.pop("sentinel", None)
+    more = [h for h in query.pop("sentinels", "").split(",") if h]
+    plain = urlunsplit(parts._replace(query=urlencode(query)))
+    options = {"decode_responses": True, **options}
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(plain, **options), prefix
+    if master:
+        from redis.asyncio.sentinel import Sentinel
+
+        hosts = [(parts.hostname or "127.0.0.1", parts.port or 26379)]
+        hosts += [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in more]
+        auth = {"username": parts.username, "password": parts.password}
+        tls = {"ssl": True} if parts.scheme == "rediss" else {}
+        timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
+        sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, **tls}, **tls)  # type: ignore[no-untyped-call]
+        db = int(parts.path.strip("/") or 0)
+        return sentinel.master_for(master, **{"db": db, **auth, **options}), prefix
+    return aioredis.Redis.from_url(plain, **options), prefix
 
 
 class RedisBackend:
@@ -77,22 +101,17 @@ class RedisBackend:
         url: str,
         *,
         hold: float = 30.0,
-        prefix: str = "martd",
         lease: float = 30.0,
         timeout: float = 5.0,
         publish_wait: float = 1.0,
         **options: Any,
     ) -> None:
-        url, ours = _split_url(url)
-        self._prefix = ours.get("prefix", prefix)
         options.setdefault("socket_timeout", timeout)
         options.setdefault("socket_connect_timeout", min(timeout, 2.0))
         # No retries: a retried script whose reply was lost would push twice.
         options.setdefault("retry", Retry(NoBackoff(), 0))
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url, decode_responses=True, **options
-        )
-        self._events = f"{self._prefix}:events"
+        self._client, self._prefix = connect(url, options)
+        self._fanout = Fanout(self._client, f"{self._prefix}:events", lambda c: self._keys(c)[1])
         self._node = secrets.token_hex(8)
         self._hold_ms = int(hold * 1000)
         self._lease_ms = int(lease * 1000)
@@ -108,17 +127,12 @@ class RedisBackend:
         self._attach = register(redis_lua.ATTACH)
         self._detach = register(redis_lua.DETACH)
         self._refresh = register(redis_lua.REFRESH)
-        self._deliver: Deliver = lambda event: None
         # channel -> cid -> open connections in this process
         self._conns: dict[str, dict[str, int]] = {}
-        # channels with local subscribers -> newest id handed to the router
-        self._seen: dict[str, EtagKey] = {}
-        self._waiters: dict[str, list[tuple[EtagKey, asyncio.Future[None]]]] = {}
         self._dirty: set[str] = set()  # channels whose leases need rewriting
-        self._listening = False
+        self._detaching = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
-        self.reconnects = 0
 
     # ---------------------------------------------------------------- keys
 
@@ -135,138 +149,30 @@ class RedisBackend:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self, deliver: Deliver) -> None:
-        self._deliver = deliver
+        self._fanout.deliver = deliver
         self._tasks = [
-            asyncio.ensure_future(self._listen()),
+            asyncio.ensure_future(self._fanout.run()),
             asyncio.ensure_future(self._renew()),
         ]
         # Give the pub/sub connection a moment, but start even when Redis is away.
         deadline = time.monotonic() + 2.0
-        while not self._listening and time.monotonic() < deadline:
+        while not self._fanout.listening and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     async def aclose(self) -> None:
+        # Subscribers closed at shutdown are still detaching: give them a moment.
+        deadline = time.monotonic() + 1.0
+        while self._detaching and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for waiters in self._waiters.values():
-            for _, fut in waiters:
-                fut.cancel()
-        self._waiters.clear()
+        for channel in list(self._fanout.seen):
+            self._fanout.untrack(channel)
         await self._client.aclose()
-
-    # -------------------------------------------------------------- fan-out
-
-    async def _listen(self) -> None:
-        delay = 0.05
-        while True:
-            pubsub = self._client.pubsub()
-            try:
-                await pubsub.subscribe(self._events)
-                await asyncio.wait_for(self._confirmed(pubsub), 5.0)
-                # Notifications queue up on the socket while we catch up, in order.
-                await self._catch_up()
-                self._listening = True
-                delay = 0.05
-                idle = 0.0
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        idle += 1.0
-                        if idle >= 5.0:  # a dead peer shows itself on a write
-                            idle = 0.0
-                            await pubsub.ping()
-                        continue
-                    idle = 0.0
-                    if message["type"] == "message":
-                        self._on_event(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure: reconnect
-                if self._listening:
-                    log.warning("redis pub/sub lost (%s); reconnecting", exc)
-                self._listening = False
-            finally:
-                self._listening = False
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            self.reconnects += 1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    @staticmethod
-    async def _confirmed(pubsub: Any) -> None:
-        while True:
-            message = await pubsub.get_message(timeout=1.0)
-            if message is not None and message["type"] == "subscribe":
-                return
-
-    def _on_event(self, raw: str) -> None:
-        kind = raw[:1]
-        if kind == "m":
-            channel, etag, expires, data = raw[1:].split("\n", 3)
-            key = etag_key(etag)
-            if key is None:
-                return
-            self._hand(Message(channel, key, data, int(expires) / 1000))
-        elif kind == "k":
-            channel, keep = raw[1:].split("\n", 1)
-            self._emit(Control("kicked", channel, keep or None))
-        elif kind == "d":
-            self._emit(Control("deleted", raw[1:]))
-
-    def _hand(self, msg: Message) -> None:
-        """Deliver a message once, in order, to the local subscribers of its channel."""
-        seen = self._seen.get(msg.channel)
-        if seen is not None:
-            if msg.key <= seen:
-                return
-            self._seen[msg.channel] = msg.key
-        self._emit(msg)
-        waiters = self._waiters.get(msg.channel)
-        if waiters:
-            keep = []
-            for key, fut in waiters:
-                if key <= msg.key:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    keep.append((key, fut))
-            if keep:
-                self._waiters[msg.channel] = keep
-            else:
-                del self._waiters[msg.channel]
-
-    def _emit(self, event: Message | Control) -> None:
-        try:
-            self._deliver(event)
-        except Exception:
-            log.exception("delivering %r failed", event)
-
-    async def _catch_up(self) -> None:
-        """Hand over what was pushed while notifications could not reach us."""
-        now = time.time()
-        for channel in list(self._seen):
-            stream = self._keys(channel)[1]
-            while channel in self._seen:
-                seen = self._seen[channel]
-                start = "-" if seen == ZERO else "(" + format_etag(seen)
-                entries: Any = await self._client.xrange(stream, min=start, max="+", count=500)
-                if not entries:
-                    break
-                for ident, fields in entries:
-                    key = etag_key(ident)
-                    if key is None or key <= self._seen.get(channel, key):
-                        continue
-                    expires = int(fields.get("x", "0")) / 1000
-                    data = fields.get("d", "")
-                    if data and expires > now:
-                        self._hand(Message(channel, key, data, expires))
-                    elif channel in self._seen:
-                        self._seen[channel] = key
 
     # ---------------------------------------------------------------- leases
 
@@ -304,7 +210,7 @@ class RedisBackend:
             return "" if value is None else _arg(value)
 
         args = [
-            self._events,
+            self._fanout.events,
             channel,
             data,
             "1" if server else "0",
@@ -328,8 +234,8 @@ class RedisBackend:
         etag = reply[1]
         self.published += 1
         key = etag_key(etag)
-        if data and key is not None and channel in self._seen and self._listening:
-            await self._delivered(channel, key)
+        if data and key is not None:
+            await self._fanout.delivered(channel, key, self._publish_wait)
         return PublishResult(
             channel=channel,
             etag=etag,
@@ -337,15 +243,6 @@ class RedisBackend:
             messages=int(reply[3]),
             created=bool(reply[4]),
         )
-
-    async def _delivered(self, channel: str, key: EtagKey) -> None:
-        """Wait (briefly) until our own push reached this process's subscribers."""
-        if self._seen.get(channel, ZERO) >= key:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(channel, []).append((key, fut))
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(fut, self._publish_wait)
 
     async def info(self, channel: str) -> ChannelInfo | None:
         keys = self._keys(channel)
@@ -367,7 +264,7 @@ class RedisBackend:
     async def delete(self, channel: str) -> bool:
         keys = self._keys(channel)
         reply = await self._call(
-            self._delete, [keys[0], keys[1], keys[3], keys[4]], [self._events, channel]
+            self._delete, [keys[0], keys[1], keys[3], keys[4]], [self._fanout.events, channel]
         )
         return bool(reply)
 
@@ -419,11 +316,7 @@ class RedisBackend:
             raise Conflict(
                 f"channel: {channel!r} is one2one and another client holds it", channel=channel
             )
-        if channel not in self._seen:
-            # The first local subscriber: notifications up to here are older than it.
-            # Never move this later for subscribers already served: what is still in
-            # flight to them would be skipped.
-            self._seen[channel] = etag_key(reply[1]) or ZERO
+        self._fanout.track(channel, etag_key(reply[1]) or ZERO)
 
     def _forget(self, channel: str, cid: str) -> tuple[int, int]:
         """One connection fewer; returns what is left on this channel and for this cid."""
@@ -438,24 +331,24 @@ class RedisBackend:
             left = 0
         if not cids:
             del self._conns[channel]
-            self._seen.pop(channel, None)
-            for _, fut in self._waiters.pop(channel, []):
-                if not fut.done():
-                    fut.set_result(None)
+            self._fanout.untrack(channel)
         return sum(cids.values()), left
 
     async def detach(self, channel: str, cid: str) -> None:
         conns, left = self._forget(channel, cid)
         keys = self._keys(channel)
         args = [cid, self._node, conns, left, self._lease_ms, self._hold_ms]
+        self._detaching += 1
         try:
             await self._call(self._detach, keys[:2] + keys[3:], args)
         except Unavailable:
             self._dirty.add(channel)
             raise
+        finally:
+            self._detaching -= 1
 
     async def healthy(self) -> bool:
-        if not self._listening:
+        if not self._fanout.listening:
             return False
         try:
             return bool(await asyncio.wait_for(self._client.ping(), 2.0))
@@ -466,8 +359,8 @@ class RedisBackend:
         return {
             "backend": self.name,
             "published": self.published,
-            "redis_connected": self._listening,
-            "redis_reconnects": self.reconnects,
+            "redis_connected": self._fanout.listening,
+            "redis_reconnects": self._fanout.reconnects,
             "local_channels": len(self._conns),
         }
 
