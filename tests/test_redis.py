@@ -6,12 +6,9 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -19,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import free_socket, redis_url, require, sse, wait_for
+from conftest import free_socket, redis_url, sse, wait_for
 from martd_asgi.channels import etag_key
+from redis_servers import redis_servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -224,63 +222,9 @@ async def test_redis_martd_restarted_keeps_its_channels(martds: Any) -> None:
         assert polled["channels"]["kept"]["messages"] == [{"etag": second, "data": "after"}]
 
 
-@contextlib.contextmanager
-def own_redis() -> Iterator[Any]:
-    """A redis-server of this test's own, with an append-only file so data survives restarts."""
-    require("redis", shutil.which("redis-server") is not None, "no redis-server binary")
-    with tempfile.TemporaryDirectory() as tmp:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        args = [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            tmp,
-        ]
-
-        class Server:
-            url = f"redis://127.0.0.1:{port}/0"
-            proc: subprocess.Popen[bytes]
-
-            def start(self) -> None:
-                self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-                deadline = time.monotonic() + 10
-                while True:
-                    with (
-                        contextlib.suppress(OSError),
-                        socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn,
-                    ):
-                        conn.sendall(b"PING\r\n")
-                        if conn.recv(16).startswith(b"+PONG"):
-                            return
-                    assert time.monotonic() < deadline, "redis-server did not start"
-                    time.sleep(0.02)
-
-            def stop(self) -> None:
-                self.proc.terminate()
-                self.proc.wait(timeout=10)
-
-        server = Server()
-        server.start()
-        try:
-            yield server
-        finally:
-            if server.proc.poll() is None:
-                server.stop()
-
-
 async def test_redis_restarted_mid_stream_loses_nothing_acknowledged(martds: Any) -> None:
-    with own_redis() as redis:
+    with redis_servers() as servers:
+        redis = servers.durable()
         a, b = await martds(2, MARTD_BACKEND=redis.url)
         acked: list[tuple[str, str]] = []
         failed: list[str] = []

@@ -65,8 +65,9 @@ FORBIDDEN = {
 }
 
 
-def connect(url: str, options: dict[str, Any]) -> tuple[Any, str]:
-    """A redis-py asyncio client for ``url``, and the key prefix it asks for."""
+def connect(url: str, options: dict[str, Any]) -> tuple[Any, str, list[Any]]:
+    """A redis-py asyncio client for ``url``, the key prefix it asks for, and
+    the further clients to close with it (Sentinel's)."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     prefix = query.pop("prefix", "martd")
@@ -78,7 +79,7 @@ def connect(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     if cluster:
         from redis.asyncio.cluster import RedisCluster
 
-        return RedisCluster.from_url(plain, **options), prefix
+        return RedisCluster.from_url(plain, **options), prefix, []
     if master:
         from redis.asyncio.sentinel import Sentinel
 
@@ -89,8 +90,9 @@ def connect(url: str, options: dict[str, Any]) -> tuple[Any, str]:
         timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
         sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, **tls}, **tls)  # type: ignore[no-untyped-call]
         db = int(parts.path.strip("/") or 0)
-        return sentinel.master_for(master, **{"db": db, **auth, **options}), prefix
-    return aioredis.Redis.from_url(plain, **options), prefix
+        client = sentinel.master_for(master, **{"db": db, **auth, **options})
+        return client, prefix, list(sentinel.sentinels)
+    return aioredis.Redis.from_url(plain, **options), prefix, []
 
 
 class RedisBackend:
@@ -110,7 +112,7 @@ class RedisBackend:
         options.setdefault("socket_connect_timeout", min(timeout, 2.0))
         # No retries: a retried script whose reply was lost would push twice.
         options.setdefault("retry", Retry(NoBackoff(), 0))
-        self._client, self._prefix = connect(url, options)
+        self._client, self._prefix, self._others = connect(url, options)
         self._fanout = Fanout(self._client, f"{self._prefix}:events", lambda c: self._keys(c)[1])
         self._node = secrets.token_hex(8)
         self._hold_ms = int(hold * 1000)
@@ -173,6 +175,8 @@ class RedisBackend:
         for channel in list(self._fanout.seen):
             self._fanout.untrack(channel)
         await self._client.aclose()
+        for other in self._others:
+            await other.aclose()
 
     # ---------------------------------------------------------------- leases
 

@@ -77,8 +77,10 @@ class Fanout:
         """Listen until cancelled, reconnecting with backoff."""
         delay = 0.05
         while True:
-            pubsub = self.client.pubsub()
+            pubsub = None
             try:
+                await self.client.initialize()  # a cluster client learns its slots here
+                pubsub = self.client.pubsub()
                 await pubsub.subscribe(self.events)
                 await asyncio.wait_for(_confirmed(pubsub), 5.0)
                 # New notifications wait on the socket while we catch up, in order.
@@ -93,8 +95,9 @@ class Fanout:
                     log.warning("redis pub/sub lost (%s); reconnecting", exc)
             finally:
                 self.listening = False
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
             self.reconnects += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
