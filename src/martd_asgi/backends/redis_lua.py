@@ -105,12 +105,12 @@ local function alive(h, s, n, now)
 end
 
 -- Keys live as long as their newest message, and a lease longer with subscribers.
-local function set_expiry(h, s, subs, now, lease)
-  local at = tonumber(redis.call('HGET', h, 'mx') or '0')
+local function set_expiry(h, s, subs, now, lease, mx)
+  local at = mx or tonumber(redis.call('HGET', h, 'mx') or '0')
   if subs > 0 and now + lease > at then at = now + lease end
   if at <= now then at = now + 1000 end
   redis.call('PEXPIREAT', h, at)
-  if redis.call('EXISTS', s) == 1 then redis.call('PEXPIREAT', s, at) end
+  redis.call('PEXPIREAT', s, at)
 end
 
 -- The client holding a one2one channel: the earliest whose hold has not lapsed.
@@ -164,14 +164,17 @@ local keyhash = ARGV[8]
 local lease = tonumber(ARGV[12])
 local now = now_ms()
 local exists, subs = alive(h, s, n, now)
-local cur_key = false
-if exists then cur_key = redis.call('HGET', h, 'key') end
+local cur = {false, false, false, false, false, false, false, false, false}
+if exists then
+  cur = redis.call('HMGET', h, 'size', 'life', 'one2one', 'key', 'dropped', 'droppedl', 'nx',
+    'mx', 'lx')
+end
+local cur_key = cur[4]
 if cur_key and cur_key ~= keyhash then return {'err', 'key'} end
 local size, life, one2one
 if not server then
   if not exists then return {'err', 'create'} end
   if not cur_key then return {'err', 'nokey'} end
-  local cur = redis.call('HMGET', h, 'size', 'life', 'one2one')
   local names = {'size', 'life', 'one2one'}
   for i = 1, 3 do
     local given = ARGV[8 + i]
@@ -182,7 +185,7 @@ else
   if exists and not cur_key and keyhash ~= '' then return {'err', 'addkey'} end
   size, life, one2one = ARGV[5], ARGV[6], ARGV[7]
 end
-local switched_on = exists and one2one == '1' and redis.call('HGET', h, 'one2one') ~= '1'
+local switched_on = exists and one2one == '1' and cur[3] ~= '1'
 
 local floor = redis.call('GET', idk) or '0-0'
 local fm, fs = parse_id(floor)
@@ -192,8 +195,8 @@ local x = now + tonumber(life) * 1000
 redis.call('XADD', s, id, 'x', fmt(x), 'd', data)
 redis.call('SET', idk, id, 'PX', ARGV[13])
 
-local dropped = redis.call('HGET', h, 'dropped') or '0-0'
-local droppedl = redis.call('HGET', h, 'droppedl') or '0-0'
+local dropped = cur[5] or '0-0'
+local droppedl = cur[6] or '0-0'
 local len = redis.call('XLEN', s)
 local over = len - tonumber(size)
 if over > 0 then
@@ -208,19 +211,18 @@ if over > 0 then
   len = len - over
 end
 
-local nx = tonumber(redis.call('HGET', h, 'nx') or '0')
+local nx = tonumber(cur[7] or '0')
 if nx == 0 or x < nx then nx = x end
-local mx = tonumber(redis.call('HGET', h, 'mx') or '0')
+local mx = tonumber(cur[8] or '0')
 if x > mx then mx = x end
-local lx = tonumber(redis.call('HGET', h, 'lx') or '0')
-if x < lx then redis.call('HSET', h, 'fifo', '0') end
+if x < tonumber(cur[9] or '0') then redis.call('HSET', h, 'fifo', '0') end
 if not exists then
   redis.call('HSET', h, 'first', id, 'fifo', '1')
   if keyhash ~= '' then redis.call('HSET', h, 'key', keyhash) end
 end
 redis.call('HSET', h, 'size', size, 'life', life, 'one2one', one2one, 'last', id,
   'dropped', dropped, 'droppedl', droppedl, 'nx', fmt(nx), 'mx', fmt(mx), 'lx', fmt(x))
-set_expiry(h, s, subs, now, lease)
+set_expiry(h, s, subs, now, lease, mx)
 
 local keep = ''
 if switched_on then
