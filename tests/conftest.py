@@ -39,6 +39,7 @@ def require(part: str, available: bool, why: str) -> None:
 def free_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
 
@@ -56,7 +57,11 @@ class ServerThread:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve(sockets=[self.sock]))
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve(sockets=[self.sock])
+
+        asyncio.run(serve())
 
     def start(self) -> ServerThread:
         self.thread.start()
@@ -66,6 +71,10 @@ class ServerThread:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.01)
         return self
+
+    def server_loop(self) -> asyncio.AbstractEventLoop:
+        """The server's event loop, for running coroutines in it from a test."""
+        return self.loop
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -102,14 +111,49 @@ def backend_url(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+MOUNTS = ["root", "mounted"]
+
+
+@pytest.fixture(params=MOUNTS)
+def mount(request: pytest.FixtureRequest) -> str:
+    """``root``: martd is the app (``uvicorn martd_asgi:app``); ``mounted``: it is
+    mounted at /martd in a Starlette app, as a site would do."""
+    return str(request.param)
+
+
+def mounted_app(martd: Any, prefix: str = "/martd") -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        async with martd.lifespan():
+            yield
+
+    async def home(_: Any) -> PlainTextResponse:
+        return PlainTextResponse("the site")
+
+    return Starlette(routes=[Route("/", home), Mount(prefix, app=martd)], lifespan=lifespan)
+
+
 @pytest.fixture
-def make_server(backend_url: str) -> Iterator[Callable[..., ServerThread]]:
-    """Start a martd server with these settings (torn down after the test)."""
+def make_server(backend_url: str, mount: str) -> Iterator[Callable[..., ServerThread]]:
+    """Start a martd server with these settings (torn down after the test).
+
+    Its ``url`` is where martd answers: the root, or /martd when mounted.
+    """
     started: list[ServerThread] = []
 
     def make(**settings: Any) -> ServerThread:
         settings.setdefault("backend", backend_url)
-        server = ServerThread(create_app(**settings)).start()
+        martd = create_app(**settings)
+        if mount == "mounted":
+            server = ServerThread(mounted_app(martd)).start()
+            server.url += "/martd"
+        else:
+            server = ServerThread(martd).start()
+        server.martd = martd  # type: ignore[attr-defined]
         started.append(server)
         return server
 
@@ -134,8 +178,17 @@ class SSE:
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
-        self.lines = response.aiter_lines()
+        self.lines = self._lines()
         self.retry: int | None = None
+
+    async def _lines(self) -> AsyncIterator[str]:
+        # SSE breaks lines at CR, LF and CRLF only (not at U+2028 as str.splitlines does)
+        buffer = ""
+        async for text in self.response.aiter_text():
+            buffer += text.replace("\r\n", "\n").replace("\r", "\n")
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                yield line
 
     async def next(self, timeout: float = 5.0) -> dict[str, str]:
         """The next event with data: {"event", "id", "data"}; comments are skipped."""

@@ -22,6 +22,7 @@ from .auth import Authority
 from .backends.base import Backend, make_backend
 from .channels import check_name, parse_push_attributes
 from .config import Settings
+from .cors import CORSMiddleware
 from .errors import BadRequest, Forbidden, MartdError, NotFound
 from .router import Router
 from .transports import publish as pub
@@ -70,6 +71,9 @@ class MartdApp:
         self.websocket: WebSocketHandler = _no_websocket
         self._start_lock: asyncio.Lock | None = None
         self._static: dict[str, tuple[bytes, bytes]] = {}
+        self._serve: Callable[[Scope, Receive, Send], Awaitable[None]] = self._handle
+        if settings.cors_origins:
+            self._serve = CORSMiddleware(self._handle, origins=settings.cors_origins)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -181,6 +185,10 @@ class MartdApp:
             return
         if not self.started:
             await self.startup()
+        await self._serve(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
         path = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):
