@@ -215,3 +215,15 @@ async def test_backend_subscribers_counted(bk: Started) -> None:
     assert info is not None and info.subscribers == 1
     await bk.backend.detach("s", "b")
     assert await bk.backend.healthy()
+
+
+async def test_backend_stats_count_channels_and_messages(bk: Started) -> None:
+    await push(bk, "one", "a")
+    await push(bk, "one", "b")
+    await push(bk, "two", "c")
+    stats = await bk.backend.stats()
+    assert (stats["backend"], stats["channels"], stats["messages"]) == (
+        bk.backend.name,
+        2,
+        3,
+    )

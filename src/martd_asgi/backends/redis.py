@@ -52,6 +52,7 @@ log = logging.getLogger("martd.redis")
 
 # Errors that mean "Redis is not there right now": answered 503, retried later.
 DOWN = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError)
+COUNT_EVERY = 5.0  # seconds between counts of all channels for /stats
 ID_LIMIT = 1 << 53  # stream ids above this cannot be compared exactly in Lua
 
 FORBIDDEN = {
@@ -134,6 +135,7 @@ class RedisBackend:
         self._dirty: set[str] = set()  # channels whose leases need rewriting
         self._detaching = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._counted: tuple[float, int, int] = (-COUNT_EVERY, 0, 0)
         self.published = 0
 
     # ---------------------------------------------------------------- keys
@@ -360,13 +362,44 @@ class RedisBackend:
             return False
 
     async def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if now - self._counted[0] > COUNT_EVERY:
+            try:
+                self._counted = (now, *await self._count())
+            except DOWN:
+                pass
         return {
             "backend": self.name,
+            "channels": self._counted[1],
+            "messages": self._counted[2],
             "published": self.published,
             "redis_connected": self._fanout.listening,
             "redis_reconnects": self._fanout.reconnects,
             "local_channels": len(self._conns),
         }
+
+    async def _count(self) -> tuple[int, int]:
+        """Channels and retained messages in all of Redis: a SCAN, so not on every call."""
+        channels = messages = 0
+        pattern = _glob_escape(self._prefix) + ":{*}:h"
+        batch: list[str] = []
+
+        async def lengths() -> int:
+            found = await asyncio.gather(*(self._client.xlen(k[:-1] + "s") for k in batch))
+            batch.clear()
+            return sum(found)
+
+        async for key in self._client.scan_iter(match=pattern, count=1000, _type="HASH"):
+            channels += 1
+            batch.append(key)
+            if len(batch) >= 200:
+                messages += await lengths()
+        messages += await lengths()
+        return channels, messages
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _arg(value: Any) -> str:
