@@ -103,16 +103,19 @@ class Fanout:
             delay = min(delay * 2, MAX_BACKOFF)
 
     async def _read(self, pubsub: Any) -> None:
-        idle = 0.0
+        heard = pinged = time.monotonic()
         while True:
             message = await pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
             if message is None:
-                idle += 1.0
-                if idle >= PING_AFTER:  # a dead peer shows itself on a write
-                    idle = 0.0
+                # Quiet: ask, so that a dead peer or a half-open connection shows itself.
+                if now - heard > 3 * PING_AFTER:
+                    raise ConnectionError("redis pub/sub: no answer to PING")
+                if now - heard >= PING_AFTER and now - pinged >= PING_AFTER:
+                    pinged = now
                     await pubsub.ping()
                 continue
-            idle = 0.0
+            heard = now
             if message["type"] == "message":
                 self.handle(message["data"])
 
