@@ -75,8 +75,9 @@ class Martd:
 
 
 @pytest.fixture
-def backend() -> str:
-    return redis_url()
+def backend() -> Iterator[str]:
+    with redis_url() as url:
+        yield url
 
 
 @pytest.fixture
