@@ -80,6 +80,10 @@ def connect(url: str, options: dict[str, Any]) -> tuple[Any, str, list[Any]]:
     if cluster:
         from redis.asyncio.cluster import RedisCluster
 
+        if not hasattr(RedisCluster, "pubsub"):
+            raise ValueError(
+                "backend: Redis Cluster needs redis-py 8 or later (pip install -U redis)"
+            )
         return RedisCluster.from_url(plain, **options), prefix, []
     if master:
         from redis.asyncio.sentinel import Sentinel
