@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from conftest import free_socket, redis_url, sse, wait_for
-from martd_asgi.channels import etag_key
+from martd_asgi.backends.base import Control, Event
+from martd_asgi.backends.redis import RedisBackend
+from martd_asgi.channels import Message, PushAttributes, etag_key
 from redis_servers import redis_servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -318,3 +320,26 @@ async def test_redis_workers_act_as_one_server(backend: str) -> None:
     finally:
         proc.stop()
         proc.sock.close()
+
+
+async def test_redis_catch_up_delivers_the_gap_in_order_and_tells_what_was_evicted(
+    backend: str,
+) -> None:
+    listener, pusher = RedisBackend(backend), RedisBackend(backend)
+    events: list[Event] = []
+    await pusher.start(lambda event: None)
+    try:
+        await listener.attach("gap", "reader")  # subscribed, but hears nothing yet
+        for text in ("m1", "m2", "m3", "m4"):
+            await pusher.publish("gap", text, PushAttributes(size=2), server=True)
+        await listener.start(events.append)  # connects, and catches up first
+        await wait_for(lambda: len(events) == 3)
+        assert events[0] == Control("missed", "gap")
+        assert [e.data for e in events[1:] if isinstance(e, Message)] == ["m3", "m4"]
+        await pusher.publish("gap", "m5", PushAttributes(size=2), server=True)
+        await wait_for(lambda: len(events) == 4)
+        assert isinstance(events[3], Message) and events[3].data == "m5"
+        await listener.detach("gap", "reader")
+    finally:
+        await listener.aclose()
+        await pusher.aclose()

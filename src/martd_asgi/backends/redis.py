@@ -118,7 +118,7 @@ class RedisBackend:
         # No retries: a retried script whose reply was lost would push twice.
         options.setdefault("retry", Retry(NoBackoff(), 0))
         self._client, self._prefix, self._others = connect(url, options)
-        self._fanout = Fanout(self._client, f"{self._prefix}:events", lambda c: self._keys(c)[1])
+        self._fanout = Fanout(self._client, f"{self._prefix}:events", self._keys)
         self._node = secrets.token_hex(8)
         self._hold_ms = int(hold * 1000)
         self._lease_ms = int(lease * 1000)

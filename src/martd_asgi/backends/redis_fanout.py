@@ -30,10 +30,10 @@ MAX_BACKOFF = 2.0
 
 
 class Fanout:
-    def __init__(self, client: Any, events: str, stream_key: Callable[[str], str]) -> None:
+    def __init__(self, client: Any, events: str, keys: Callable[[str], list[str]]) -> None:
         self.client = client
         self.events = events
-        self.stream_key = stream_key
+        self.keys = keys  # a channel's keys: hash, stream, ...
         self.deliver: Deliver = lambda event: None
         # channels with local subscribers -> newest id handed to the router
         self.seen: dict[str, EtagKey] = {}
@@ -156,7 +156,11 @@ class Fanout:
         """Hand over what was pushed while notifications could not reach us."""
         now = time.time()
         for channel in list(self.seen):
-            stream = self.stream_key(channel)
+            info, stream = self.keys(channel)[:2]
+            dropped = etag_key(await self.client.hget(info, "droppedl") or "0-0") or ZERO
+            if channel in self.seen and dropped > self.seen[channel]:
+                # Evicted or expired before we could hand it over: say so.
+                self.emit(Control("missed", channel))
             while channel in self.seen:
                 seen = self.seen[channel]
                 start = "-" if seen == ZERO else "(" + format_etag(seen)
