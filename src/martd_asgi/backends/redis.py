@@ -119,6 +119,8 @@ class RedisBackend:
         options.setdefault("retry", Retry(NoBackoff(), 0))
         self._client, self._prefix, self._others = connect(url, options)
         self._fanout = Fanout(self._client, f"{self._prefix}:events", self._keys)
+        self._renew_now = asyncio.Event()
+        self._fanout.on_reconnect = self._renew_now.set
         self._node = secrets.token_hex(8)
         self._hold_ms = int(hold * 1000)
         self._lease_ms = int(lease * 1000)
@@ -188,7 +190,9 @@ class RedisBackend:
 
     async def _renew(self) -> None:
         while True:
-            await asyncio.sleep(self._refresh_every)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), self._refresh_every)
+            self._renew_now.clear()
             try:
                 await self.renew()
             except Exception as exc:  # noqa: BLE001 - retried on the next round

@@ -40,6 +40,8 @@ class Fanout:
         self.waiters: dict[str, list[tuple[EtagKey, asyncio.Future[None]]]] = {}
         self.listening = False
         self.reconnects = 0
+        # Called after each reconnection, e.g. to restore leases a restart lost.
+        self.on_reconnect: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------- channels
 
@@ -86,6 +88,8 @@ class Fanout:
                 # New notifications wait on the socket while we catch up, in order.
                 await self.catch_up()
                 self.listening = True
+                if self.reconnects:
+                    self.on_reconnect()
                 delay = 0.05
                 await self._read(pubsub)
             except asyncio.CancelledError:
