@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	@echo "martd: open http://$(HOST):$(PORT)/demo"
-	MARTD_BACKEND=memory MARTD_DEMO=1 $(VENV)/bin/uvicorn martd_asgi:app --host $(HOST) --port $(PORT)
+	@echo "martd: open http://$(HOST):$(PORT)/martd/demo"
+	MARTD_BACKEND=memory MARTD_DEMO=1 $(VENV)/bin/martd serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest
@@ -27,6 +27,9 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
+
+docs: $(STAMP)
+	$(VENV)/bin/python -m martd_asgi.configref --write docs/configuration.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -26,6 +26,7 @@ from .cors import CORSMiddleware
 from .errors import BadRequest, Forbidden, MartdError, NotFound
 from .router import Router
 from .transports import publish as pub
+from .transports import websocket
 from .transports.common import (
     CALLBACK_RE,
     Receive,
@@ -68,7 +69,7 @@ class MartdApp:
         self.started = False
         self.closing = False
         self.started_at = time.time()
-        self.websocket: WebSocketHandler = _no_websocket
+        self.websocket: WebSocketHandler = websocket.serve
         self._start_lock: asyncio.Lock | None = None
         self._static: dict[str, tuple[bytes, bytes]] = {}
         self._serve: Callable[[Scope, Receive, Send], Awaitable[None]] = self._handle
@@ -221,6 +222,7 @@ class MartdApp:
             return
         routes: dict[str, Callable[[Request, Send], Awaitable[None]]] = {
             "/client.js": self._client_js,
+            "/client.mjs": self._client_mjs,
             "/healthz": self._healthz,
             "/stats": self._stats,
             "/demo": self._demo,
@@ -274,6 +276,15 @@ class MartdApp:
             send,
             "client.js",
             b"application/javascript; charset=utf-8",
+            b"public, max-age=300, must-revalidate",
+        )
+
+    async def _client_mjs(self, request: Request, send: Send) -> None:
+        await self._static_response(
+            request,
+            send,
+            "client.mjs",
+            b"text/javascript; charset=utf-8",
             b"public, max-age=300, must-revalidate",
         )
 
