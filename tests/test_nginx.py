@@ -269,8 +269,6 @@ async def test_nginx_long_poll_and_jsonp(stack: Stack) -> None:
 
 
 async def test_nginx_websocket_subscribes_through_the_upgrade(stack: Stack) -> None:
-    if getattr(stack.martd.app.websocket, "__name__", "") == "_no_websocket":
-        pytest.xfail("the WebSocket transport is not in this build yet")
     from websockets.asyncio.client import connect
 
     url = stack.http.replace("http://", "ws://") + "/martd/sub/nginx-ws"
