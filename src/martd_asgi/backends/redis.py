@@ -195,7 +195,7 @@ class RedisBackend:
             self._renew_now.clear()
             try:
                 await self.renew()
-            except Exception as exc:  # noqa: BLE001 - retried on the next round
+            except Exception as exc:  # retried on the next round
                 log.debug("lease renewal failed: %s", exc)
 
     async def renew(self) -> None:
@@ -366,7 +366,7 @@ class RedisBackend:
             return False
         try:
             return bool(await asyncio.wait_for(self._client.ping(), 2.0))
-        except Exception:  # noqa: BLE001 - unhealthy, whatever the cause
+        except Exception:  # unhealthy, whatever the cause
             return False
 
     async def stats(self) -> dict[str, Any]:

@@ -94,7 +94,7 @@ class Fanout:
                 await self._read(pubsub)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - whatever broke: reconnect
+            except Exception as exc:  # whatever broke: reconnect
                 if self.listening:
                     log.warning("redis pub/sub lost (%s); reconnecting", exc)
             finally:
@@ -153,7 +153,7 @@ class Fanout:
     def emit(self, event: Message | Control) -> None:
         try:
             self.deliver(event)
-        except Exception:
+        except Exception:  # one bad subscriber must not stop the listener
             log.exception("delivering %r failed", event)
 
     async def catch_up(self) -> None:
