@@ -198,6 +198,11 @@ class Subscriber:
     def control(self, control: Control) -> None:
         if self.closed or (control.kind == "kicked" and self.cid == control.keep):
             return
+        if control.kind == "missed":  # not a close: the next message says so
+            if self.missed is None:
+                self.missed = set()
+            self.missed.add(control.channel)
+            return
         if self.busy:
             self._queue(control, 0)
             return
