@@ -100,7 +100,16 @@ async def test_sigterm_ends_streams_and_exits_quickly() -> None:
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "martd_asgi:app", "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "martd_asgi:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env={**os.environ, "MARTD_BACKEND": "memory"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -145,3 +154,8 @@ async def test_etags_not_reused_after_restart() -> None:
     assert len(set(seen)) == len(seen)
     keys = [etag_key(e) for e in seen]
     assert keys == sorted(keys)  # later etags never sort before earlier ones
+
+
+def test_settings_repr_hides_passwords_and_secrets() -> None:
+    text = repr(Settings(backend="redis://:hunter2@127.0.0.1:6379/0", secret="s3cr3t-value"))
+    assert "hunter2" not in text and "s3cr3t-value" not in text

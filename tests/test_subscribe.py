@@ -39,7 +39,9 @@ async def test_longpoll_waits_then_answers_with_the_message(client: httpx.AsyncC
     assert answer.headers["cache-control"].startswith("no-cache")
     assert answer.headers["x-accel-buffering"] == "no"
     assert answer.json() == {
-        "channels": {"lp": {"etag": etag, "messages": [{"etag": etag, "data": "hello"}], "missed": False}}
+        "channels": {
+            "lp": {"etag": etag, "messages": [{"etag": etag, "data": "hello"}], "missed": False}
+        }
     }
 
 
@@ -187,7 +189,12 @@ async def test_subscribe_rejects_malformed_etags(
 
 @pytest.mark.parametrize(
     ("path", "word"),
-    [("/sub/a,a", "twice"), ("/sub/a,,b", "channel"), ("/sub/martd", "reserved"), ("/sub/a%20b", "channel")],
+    [
+        ("/sub/a,a", "twice"),
+        ("/sub/a,,b", "channel"),
+        ("/sub/martd", "reserved"),
+        ("/sub/a%20b", "channel"),
+    ],
 )
 async def test_subscribe_rejects_bad_channel_lists(
     client: httpx.AsyncClient, path: str, word: str

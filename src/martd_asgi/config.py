@@ -27,7 +27,10 @@ FIELDS: dict[str, tuple[str, str]] = {
         "MARTD_TOKEN_SECRET",
         "signs and verifies tokens instead of `MARTD_SECRET` (which is the default)",
     ),
-    "private": ("MARTD_PRIVATE", "comma-separated channel-name patterns that need a subscribe grant"),
+    "private": (
+        "MARTD_PRIVATE",
+        "comma-separated channel-name patterns that need a subscribe grant",
+    ),
     "cors_origins": ("MARTD_CORS_ORIGINS", "origins allowed from another origin (`*` for any)"),
     "poll_timeout": ("MARTD_POLL_TIMEOUT", "seconds a long-poll waits at most"),
     "ping": ("MARTD_PING", "seconds between keep-alives on streams"),
@@ -83,7 +86,7 @@ FIELDS: dict[str, tuple[str, str]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    backend: str = "memory"
+    backend: str = dataclasses.field(default="memory", repr=False)  # may hold a password
     allow: tuple[Network, ...] = (
         ipaddress.ip_network("127.0.0.1/32"),
         ipaddress.ip_network("::1/128"),

@@ -37,7 +37,8 @@ class DevCertificate:
                 + (" (new)" if self.created else ""),
                 f"martd: certificate authority to trust: {self.ca}",
                 f"martd:   curl --cacert {self.ca} https://localhost:PORT/...",
-                f"martd:   python: httpx.Client(verify=ssl.create_default_context(cafile='{self.ca}'))",
+                "martd:   python: httpx.Client(verify=ssl.create_default_context("
+                f"cafile='{self.ca}'))",
                 (
                     "martd:   browsers: import it as a certificate authority (Chrome/Edge: "
                     "Settings > Privacy and security > Security > Manage certificates > "

@@ -277,7 +277,8 @@ class Proxy:
             message = (
                 f"upstream: {self.upstream} did not answer within {self.timeout:g} s"
                 if timed_out
-                else f"upstream: cannot open a WebSocket to {self.upstream} ({exc or type(exc).__name__})"
+                else "upstream: cannot open a WebSocket to "
+                f"{self.upstream} ({exc or type(exc).__name__})"
             )
             if can_deny:
                 await send_error(send, status, message, websocket=True)

@@ -18,6 +18,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from types import CoroutineType
 from typing import Any
 
 from .backends.base import Control, Event
@@ -101,6 +102,11 @@ def set_send_buffer(send: Send, size: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
         except (OSError, AttributeError):
             pass
+
+
+async def _await(awaitable: Awaitable[None]) -> None:
+    # a server whose send returns another awaitable than a coroutine
+    await awaitable
 
 
 def _uncancel() -> None:
@@ -215,7 +221,8 @@ class Subscriber:
         backlog.append(item)
         self.backlog_bytes += size
         if (
-            len(backlog) > self.router.max_backlog or self.backlog_bytes > self.router.max_backlog_bytes
+            len(backlog) > self.router.max_backlog
+            or self.backlog_bytes > self.router.max_backlog_bytes
         ) and not self.closed:
             self.router.cut(self)
 
@@ -224,7 +231,8 @@ class Subscriber:
         if self.busy:
             self._queue(event, 0)
             return
-        coro = self.send(event)
+        awaitable = self.send(event)
+        coro = awaitable if type(awaitable) is CoroutineType else _await(awaitable)
         try:
             yielded = coro.send(None)
         except StopIteration:

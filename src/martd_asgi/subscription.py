@@ -66,7 +66,7 @@ class Subscription:
                 given = given * len(self.channels)
             if len(given) != len(self.channels):
                 raise ValueError("etag: give one etag, or one per channel separated by commas")
-            self.etags = {ch: (e or None) for ch, e in zip(self.channels, given)}
+            self.etags = {ch: (e or None) for ch, e in zip(self.channels, given, strict=False)}
         headers = {"user-agent": "martd-sub"}
         if token:
             headers["authorization"] = f"Bearer {token}"
@@ -185,7 +185,7 @@ class Subscription:
             return None
         if ident:
             ids = [ident] if single else ident.split(",")
-            for ch, etag in zip(self.channels, ids):
+            for ch, etag in zip(self.channels, ids, strict=False):
                 if etag:
                     self.etags[ch] = etag
         return Delivery(channel, self.etags[channel] or "", data)

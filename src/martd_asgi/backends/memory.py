@@ -156,9 +156,12 @@ class MemoryBackend:
     ) -> PublishResult:
         now = time.time()
         current = self._get(channel)
-        if current is not None and current.key_hash is not None:
-            if not key_matches(current.key_hash, attrs.key):
-                raise Forbidden("key: this channel needs its key to push", field="key")
+        if (
+            current is not None
+            and current.key_hash is not None
+            and not key_matches(current.key_hash, attrs.key)
+        ):
+            raise Forbidden("key: this channel needs its key to push", field="key")
         if not server:
             if current is None:
                 raise Forbidden("channel: only a server can create a channel", field="channel")
@@ -265,7 +268,9 @@ class MemoryBackend:
         key = etag_key(after)
         retained = key is not None and any(m.key == key for m in current.messages)
         given_out = retained or (
-            key is not None and current.first is not None and current.first <= key <= current.dropped
+            key is not None
+            and current.first is not None
+            and current.first <= key <= current.dropped
         )
         if not given_out or key is None:
             return History(live, missed=True, last_etag=last_etag, exists=True)

@@ -62,7 +62,10 @@ def json_bytes(body: Any) -> bytes:
 
 
 def response_events(
-    status: int, body: bytes, content_type: bytes, headers: list[tuple[bytes, bytes]] = ()  # type: ignore[assignment]
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
 ) -> list[dict[str, Any]]:
     return [
         {
@@ -80,7 +83,10 @@ def response_events(
 
 
 async def send_json(
-    send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] = ()  # type: ignore[assignment]
+    send: Send,
+    status: int,
+    body: Any,
+    headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
 ) -> None:
     for event in response_events(status, json_bytes(body), b"application/json", headers):
         await send(event)

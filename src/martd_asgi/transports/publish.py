@@ -12,7 +12,9 @@ if TYPE_CHECKING:
     from ..application import MartdApp
 
 
-async def publish(app: MartdApp, request: Request, channel: str, receive: Receive, send: Send) -> None:
+async def publish(
+    app: MartdApp, request: Request, channel: str, receive: Receive, send: Send
+) -> None:
     check_name(channel)
     attrs = parse_push_attributes(request.query)
     data = decode_payload(await read_body(receive, request.headers, app.settings.max_payload))

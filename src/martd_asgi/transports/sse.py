@@ -52,10 +52,12 @@ class SSESubscriber(Subscriber):
             self.missed.discard(msg.channel)
             out = control_frame("missed", msg.channel)
         if self.ids is None:
-            return out + msg.encoded("sse")["body"]  # type: ignore[no-any-return]
+            frame: bytes = msg.encoded("sse")["body"]
+            return out + frame
         self.ids[index] = msg.etag
         head = f"event: {msg.channel}\nid: {','.join(self.ids)}\n".encode()
-        return out + head + msg.encoded("sse_data") + b"\n"
+        data: bytes = msg.encoded("sse_data")
+        return out + head + data + b"\n"
 
     def ping_event(self) -> dict[str, Any] | None:
         return PING

@@ -92,7 +92,9 @@ async def histories(app: MartdApp, sub: Subscriber, req: Subscription) -> list[H
     return out
 
 
-async def run(app: MartdApp, request: Request, req: Subscription, receive: Receive, send: Send) -> None:
+async def run(
+    app: MartdApp, request: Request, req: Subscription, receive: Receive, send: Send
+) -> None:
     try:
         attached = await attach(app, req)
     except MartdError as error:
@@ -102,6 +104,7 @@ async def run(app: MartdApp, request: Request, req: Subscription, receive: Recei
     if req.transport == "sse":
         sub = sse.SSESubscriber(send, req.channels, req.cid, app.router)
     elif req.transport == "jsonp":
+        assert req.callback is not None  # parse_subscription requires one for jsonp
         sub = longpoll.JSONPSubscriber(
             send, req.channels, req.cid, app.router, callback=req.callback
         )
