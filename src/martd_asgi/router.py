@@ -14,7 +14,6 @@ resumes by etag; it never slows the publisher or anyone else.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -23,6 +22,7 @@ from typing import Any
 
 from .backends.base import Control, Event
 from .channels import ZERO, EtagKey, Message
+from .connection import drop_connection, set_send_buffer
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 SHUTDOWN_STALL = 1.0  # seconds a send may stay blocked once shutdown began
@@ -54,54 +54,6 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
             yielded = coro.send(None)
         except StopIteration:
             return
-
-
-def _transport(send: Any) -> Any:
-    """The server's transport under ``send``, if it can be reached.
-
-    uvicorn's ``send`` is a bound method of an object that holds the connection's
-    transport. Middleware that wraps ``send`` can say what it wraps with
-    ``__wrapped__`` (as ``functools.wraps`` does).
-    """
-    for _ in range(8):
-        transport = getattr(getattr(send, "__self__", None), "transport", None)
-        if transport is not None:
-            return transport
-        send = getattr(send, "__wrapped__", None)
-        if send is None:
-            return None
-    return None
-
-
-def drop_connection(send: Send) -> None:
-    """Close the connection under ``send`` now, discarding what it holds unsent.
-
-    A connection that does not drain would otherwise stay open until the client
-    reads what the server buffered for it, and the server would log the handler's
-    early return as an error. Where the transport cannot be reached (another
-    server, or middleware that wraps ``send`` without ``__wrapped__``) the server
-    closes the connection itself when the handler returns.
-    """
-    abort = getattr(_transport(send), "abort", None)
-    if abort is not None:
-        abort()
-
-
-def set_send_buffer(send: Send, size: int) -> None:
-    """Bound the kernel's send buffer of the connection under ``send`` (uvicorn only).
-
-    Linux grows a socket's send buffer up to ``net.ipv4.tcp_wmem`` (4 MiB by
-    default) for a client that does not read, before ``send`` ever suspends; a
-    small fixed buffer bounds that kernel memory and lets the slow-consumer
-    policy see the client sooner.
-    """
-    get_extra_info = getattr(_transport(send), "get_extra_info", None)
-    sock = get_extra_info("socket") if get_extra_info is not None else None
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-        except (OSError, AttributeError):
-            pass
 
 
 async def _await(awaitable: Awaitable[None]) -> None:
