@@ -322,8 +322,8 @@ def test_nginx_conf_and_deploy_docs_agree_on_the_prefix() -> None:
 
 def test_nginx_conf_envsubst_command_in_its_header_fills_every_marker(tmp_path: Path) -> None:
     envsubst = shutil.which("envsubst")
-    if envsubst is None:
-        pytest.skip("envsubst (gettext-base) not installed")
+    require("nginx", envsubst is not None, "envsubst (Debian's gettext-base) is not installed")
+    assert envsubst is not None
     template = CONF.read_text()
     header = " ".join(
         line.lstrip("#").strip() for line in template.splitlines() if line.startswith("#")
