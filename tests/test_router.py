@@ -20,13 +20,16 @@ class Socket:
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.ended = False
         self.open = asyncio.Event()
         self.open.set()
 
     async def send(self, event: dict[str, Any]) -> None:
         if not self.open.is_set():
             await self.open.wait()
-        self.sent.append(event.get("body", b""))
+        if event["type"] == "http.response.body":
+            self.sent.append(event.get("body", b""))
+            self.ended = self.ended or not event.get("more_body", False)
 
 
 def message(n: int, channel: str = "c") -> Message:
@@ -88,7 +91,7 @@ async def test_router_dedupes_by_etag_while_busy() -> None:
     router.deliver(message(1))  # arrives while history is being sent
     router.deliver(message(2))
     for msg in sub.fresh([message(1)]):  # history held message 1 already
-        await socket.send({"body": b"history " + msg.etag.encode()})
+        await socket.send({"type": "http.response.body", "body": b"history " + msg.etag.encode(), "more_body": True})
     await sub.drain()
     assert socket.sent == [b"history 1000-1", b"id: 1000-2\ndata: m2\n\n"]
 
@@ -104,3 +107,30 @@ async def test_router_kick_spares_the_holder() -> None:
     router.deliver(Control("kicked", "c", keep="keep"))
     assert not keep.closed and other.closed
     assert b'"kicked"' in other_socket.sent[0]
+
+
+async def test_router_control_queued_behind_a_busy_send_still_ends_the_response() -> None:
+    router = Router()
+    socket = Socket()
+    sub = SSESubscriber(socket.send, ["c"], "other", router)
+    router.add(sub)  # busy: as while its history is being read
+    router.deliver(Control("kicked", "c", keep="holder"))
+    router.deliver(message(1))  # the push that switched one2one on
+    await sub.drain()
+    assert sub.closed
+    assert len(socket.sent) == 1 and b'"kicked"' in socket.sent[0]
+    assert socket.ended
+
+
+async def test_router_longpoll_answered_from_a_control_queued_while_busy() -> None:
+    from martd_asgi.transports.longpoll import LongPollSubscriber
+
+    router = Router()
+    socket = Socket()
+    sub = LongPollSubscriber(socket.send, ["c"], "cid", router)
+    router.add(sub)
+    router.deliver(message(1))
+    router.deliver(Control("deleted", "c"))
+    await sub.drain()
+    assert sub.closed and socket.ended
+    assert b'"data":"m1"' in socket.sent[-1]

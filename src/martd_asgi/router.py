@@ -212,8 +212,10 @@ class Subscriber:
 
     async def drain(self) -> None:
         """Send what queued up while busy, in order, then go live."""
-        backlog = self.backlog
-        while backlog:
+        # self.backlog is read on every turn: what is sent here can queue more
+        # (a control's closing events), and abort() drops it.
+        while self.backlog:
+            backlog = self.backlog
             item = backlog.popleft()
             if isinstance(item, dict):
                 await self.send(item)
@@ -257,7 +259,10 @@ class Subscriber:
             # still parked: the stall limit applies to its last words too
             self.router.parked.add(self)
         if self.backlog:
-            self.backlog = deque(item for item in self.backlog if isinstance(item, dict))
+            # in place: a drain running now holds this same deque
+            kept = [item for item in self.backlog if isinstance(item, dict)]
+            self.backlog.clear()
+            self.backlog.extend(kept)
         for event in events:
             self.push(event)
         self.router.schedule_wake(self)
