@@ -401,3 +401,18 @@ async def test_jsonp_transport_needs_callback(client: httpx.AsyncClient) -> None
     assert answer.status_code == 400 and "callback" in answer.json()["error"]
     answer = await client.get("/sub/x?transport=carrier-pigeon")
     assert answer.status_code == 400 and "transport" in answer.json()["error"]
+
+
+async def test_sse_several_channels_ids_never_skip_history_not_yet_sent(
+    client: httpx.AsyncClient,
+) -> None:
+    await push(client, "ha", "x1")
+    await push(client, "hb", "y1")
+    await push(client, "hb", "y2")
+    async with sse(client, "/sub/ha,hb?etag=0,0") as stream:
+        first = await stream.next()
+    assert (first["event"], first["data"]) == ("ha", "x1")
+    # reconnecting from the first event's id must still bring hb's history
+    async with sse(client, "/sub/ha,hb", headers={"last-event-id": first["id"]}) as stream:
+        got = [await stream.next(), await stream.next()]
+    assert [(e["event"], e["data"]) for e in got] == [("hb", "y1"), ("hb", "y2")]

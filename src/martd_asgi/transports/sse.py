@@ -72,11 +72,17 @@ class SSESubscriber(Subscriber):
             self.finish([body(f"retry: {SHUTDOWN_RETRY_MS}\n\n".encode(), more=False)])
 
 
-async def begin(sub: SSESubscriber, histories: list[History], send: Send) -> None:
+async def begin(
+    sub: SSESubscriber, histories: list[History], send: Send, given: list[str | None]
+) -> None:
     """Send the headers, what the subscriber missed and its history, then go live."""
     channels = sub.channels
     if len(channels) > 1:
-        sub.ids = [h.last_etag for h in histories]
+        # Each event's id must resume every channel: one whose history is still to
+        # come resumes from where the subscriber asked, the others from their newest.
+        sub.ids = [
+            (given[i] or "0") if h.messages else h.last_etag for i, h in enumerate(histories)
+        ]
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     chunks = [f"retry: {RETRY_MS}\n\n".encode()]
     for index, history in enumerate(histories):

@@ -120,7 +120,7 @@ async def run(
             await app.refuse(request, send, error)
             return
         if req.transport == "sse":
-            await sse.begin(sub, found, send)
+            await sse.begin(sub, found, send, req.etags)
         else:
             deadline = time.monotonic() + req.timeout
             await longpoll.begin(sub, found, deadline=deadline, router=app.router)
