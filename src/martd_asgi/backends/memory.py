@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import time
 from collections import deque
 from typing import Any
@@ -42,6 +43,7 @@ class _Channel:
         "bytes",
         "dropped",
         "dropped_live",
+        "due",
         "first",
         "key_hash",
         "last",
@@ -51,6 +53,7 @@ class _Channel:
     def __init__(self, attrs: Attributes, key_hash: str | None) -> None:
         self.attrs = attrs
         self.key_hash = key_hash
+        self.due = math.inf  # when its entry in the expiry heap comes up
         self.messages: deque[Message] = deque()
         self.first: EtagKey | None = None  # first etag of this incarnation
         self.last: EtagKey = ZERO  # newest etag
@@ -116,6 +119,9 @@ class MemoryBackend:
 
     def _sweep(self) -> None:
         self.expire(time.time())
+        now = time.monotonic()
+        for name in [n for n, holds in self._holds.items() if holds.holder(now) is None]:
+            del self._holds[name]  # every hold on it lapsed
         self._timer = asyncio.get_running_loop().call_later(self._sweep_interval, self._sweep)
 
     # ------------------------------------------------------------ channel state
@@ -123,10 +129,10 @@ class MemoryBackend:
     def expire(self, now: float) -> None:
         heap = self._expiry
         while heap and heap[0][0] <= now:
-            _, name = heapq.heappop(heap)
+            due, name = heapq.heappop(heap)
             channel = self._channels.get(name)
-            if channel is None:
-                continue
+            if channel is None or due != channel.due:
+                continue  # a stale entry: the channel is gone or was rescheduled
             kept: deque[Message] = deque()
             before = channel.bytes
             for msg in channel.messages:
@@ -135,8 +141,16 @@ class MemoryBackend:
                 else:
                     kept.append(msg)
             channel.messages = kept
+            channel.due = math.inf
+            self._schedule(name, channel, min((m.expires for m in kept), default=math.inf))
             self.retained_bytes -= before - channel.bytes
             self._maybe_drop(name)
+
+    def _schedule(self, name: str, channel: _Channel, when: float) -> None:
+        # One heap entry per channel at its earliest expiry, not one per message.
+        if when < channel.due:
+            channel.due = when
+            heapq.heappush(self._expiry, (when, name))
 
     def _maybe_drop(self, name: str) -> None:
         channel = self._channels.get(name)
@@ -206,7 +220,7 @@ class MemoryBackend:
             old = queue.popleft()
             current.drop(old)
             self.retained_bytes -= message_cost(old)
-        heapq.heappush(self._expiry, (msg.expires, channel))
+        self._schedule(channel, current, msg.expires)
         self.published += 1
 
         if switched_on:
