@@ -344,6 +344,19 @@ async def test_auth_cookie_is_not_believed_cross_site(start: Start) -> None:
         # an explicit token is the page's own doing, so it counts cross-site
         explicit = await client.get(f"/sub/priv.x?etag=0&token={token}", headers=cross)
         assert explicit.status_code == 200
+        # a browser that sends no Sec-Fetch-Site: a foreign Origin says the same
+        foreign = {"origin": "https://evil.example"}
+        assert (
+            await client.post("/pub/priv.x", content="x", headers=cookie | foreign)
+        ).status_code == 403
+        assert (
+            await client.get("/sub/priv.x", headers=cookie | {"origin": "null"})
+        ).status_code == 401
+        host = server.url.split("://", 1)[1].split("/", 1)[0]
+        own = {"origin": f"http://{host}"}
+        assert (
+            await client.post("/pub/priv.x", content="x", headers=cookie | own)
+        ).status_code == 200
 
 
 async def test_auth_private_websocket_refuses_and_accepts(start: Start) -> None:

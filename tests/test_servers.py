@@ -64,6 +64,21 @@ async def test_forwarded_headers_believed_from_trusted_proxies(
     assert await status(server) == 403  # the proxy itself is not a server
 
 
+async def test_forwarded_headers_that_disagree_or_cannot_be_read_count_for_nothing(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    server = make_server(trusted_proxies="127.0.0.1")  # loopback is also allowed
+    # the proxy wrote X-Forwarded-For; the client wrote its own Forwarded
+    assert await status(server, {"x-forwarded-for": "6.6.6.6", "forwarded": "for=127.0.0.1"}) == 403
+    assert await status(server, {"x-forwarded-for": "6.6.6.6", "forwarded": "for=unknown"}) == 403
+    assert await status(server, {"x-forwarded-for": "unknown"}) == 403
+    assert await status(server, {"forwarded": "for=_hidden"}) == 403
+    # both headers written by proxies that agree
+    assert (
+        await status(server, {"x-forwarded-for": "127.0.0.1", "forwarded": "for=127.0.0.1"}) == 201
+    )
+
+
 async def test_bearer_secret_makes_a_server(make_server: Callable[..., ServerThread]) -> None:
     server = make_server(allow="", secret="s3cret-value")
     assert await status(server) == 403
@@ -93,6 +108,8 @@ def test_keys_and_secrets_redacted_in_access_logs() -> None:
             with httpx.Client(base_url=server.url) as client:
                 client.post("/pub/logged?key=channel-key-abc", content="x")
                 client.post("/pub/logged?size=3&key=channel-key-abc", content="x")
+                client.post("/pub/logged?size=3&%6Bey=channel-key-abc", content="x")
+                client.get("/sub/logged?etag=0&tok%65n=tok-123")
                 client.get("/sub/logged?etag=0&token=tok-123")
                 client.get("/stats", headers={"authorization": "Bearer the-secret-xyz"})
         finally:

@@ -49,19 +49,37 @@ def _within(address: Address, networks: Sequence[Network]) -> bool:
     return any(address in net for net in networks)
 
 
-def forwarded_chain(headers: Mapping[str, str]) -> list[str]:
-    """Addresses a request passed through, nearest last (RFC 7239 first, then XFF)."""
+def _forwarded_for(value: str) -> list[str]:
+    chain = []
+    for element in value.split(","):
+        for pair in element.split(";"):
+            name, _, hop = pair.strip().partition("=")
+            if name.lower() == "for":
+                chain.append(hop)
+    return chain
+
+
+def forwarded_chains(headers: Mapping[str, str]) -> list[list[str]]:
+    """The chains of addresses a request passed through, nearest last: one from
+    ``Forwarded`` (RFC 7239) and one from ``X-Forwarded-For``, for those present."""
+    chains = []
     if "forwarded" in headers:
-        chain = []
-        for element in headers["forwarded"].split(","):
-            for pair in element.split(";"):
-                name, _, value = pair.strip().partition("=")
-                if name.lower() == "for":
-                    chain.append(value)
-        return chain
+        chains.append(_forwarded_for(headers["forwarded"]))
     if "x-forwarded-for" in headers:
-        return [part for part in headers["x-forwarded-for"].split(",") if part.strip()]
-    return []
+        chains.append([hop for hop in headers["x-forwarded-for"].split(",") if hop.strip()])
+    return chains
+
+
+def _walk(peer: Address, chain: list[str], trusted: Sequence[Network]) -> Address | None:
+    address = peer
+    for hop in reversed(chain):
+        hop_address = _parse_ip(hop)
+        if hop_address is None:
+            return None  # an unreadable hop ("unknown", garbage): no address rights
+        address = hop_address
+        if not _within(address, trusted):
+            return address
+    return address
 
 
 def client_address(
@@ -69,32 +87,28 @@ def client_address(
 ) -> Address | None:
     """The client's address: the peer, or what trusted proxies say the peer was.
 
-    Walks the forwarded chain from the nearest hop and stops at the first hop
+    Walks each forwarded chain from the nearest hop and stops at the first hop
     that is not a trusted proxy, so a header the client wrote itself is never
-    believed.
+    believed. ``None`` (no address rights) when a hop cannot be read, or when
+    ``Forwarded`` and ``X-Forwarded-For`` disagree: a proxy writes one of them,
+    and the other may be the client's own.
     """
     peer = scope.get("client")
     address = _parse_ip(peer[0]) if peer else None
     if address is None:
         return None
+    chains = forwarded_chains(headers)
     if not trusted:
         # A server in front of martd (uvicorn trusts 127.0.0.1 by default) may
         # already have replaced the peer with a forwarded address. martd trusts
         # no proxy unless told to, so such an address proves nothing.
-        chain = forwarded_chain(headers)
-        if chain and any(_parse_ip(hop) == address for hop in chain):
+        if any(_parse_ip(hop) == address for chain in chains for hop in chain):
             return None
         return address
-    if not _within(address, trusted):
+    if not _within(address, trusted) or not chains:
         return address
-    for hop in reversed(forwarded_chain(headers)):
-        hop_address = _parse_ip(hop)
-        if hop_address is None:
-            return address  # an unreadable hop: trust nothing beyond it
-        address = hop_address
-        if not _within(address, trusted):
-            return address
-    return address
+    found = {_walk(address, chain, trusted) for chain in chains}
+    return found.pop() if len(found) == 1 else None
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:
@@ -126,10 +140,21 @@ def cookies(headers: Mapping[str, str], name: str = COOKIE) -> list[str]:
 
 
 def cross_site(headers: Mapping[str, str], origins: frozenset[str]) -> bool:
-    """Whether the browser says this request comes from another site not listed for CORS."""
-    if headers.get("sec-fetch-site", "") != "cross-site":
+    """Whether this request comes from another site not listed for CORS.
+
+    The browser says so with ``Sec-Fetch-Site``; where it does not send that, an
+    ``Origin`` whose host differs from the request's ``Host`` says the same.
+    """
+    origin = headers.get("origin", "").rstrip("/")
+    if origin in origins:
         return False
-    return headers.get("origin", "").rstrip("/") not in origins
+    site = headers.get("sec-fetch-site", "")
+    if site:
+        return site == "cross-site"
+    if not origin or origin == "null":
+        return bool(origin)
+    host = origin.partition("://")[2]
+    return host.lower() != headers.get("host", "").lower()
 
 
 class Authority:

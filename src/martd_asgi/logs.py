@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote_plus
 
-SENSITIVE = ("key", "token", "secret", "password", "auth", "martd_auth")
-_QUERY_VALUE = re.compile(
-    r"(?P<name>(?:^|[?&;])(?:" + "|".join(SENSITIVE) + r"))=(?P<value>[^&;#\s\"]*)", re.IGNORECASE
-)
+SENSITIVE = frozenset({"key", "token", "secret", "password", "auth", "martd_auth"})
+_PARAM = re.compile(r"(?P<lead>^|[?&;])(?P<name>[^=&;#\s\"?]+)=(?P<value>[^&;#\s\"]*)")
+
+
+def _sensitive(name: str) -> bool:
+    # decide on the name as the server reads it: %6Bey is key
+    return unquote_plus(name).strip().lower() in SENSITIVE
 
 
 def redact(text: str) -> str:
     """Replace the values of sensitive query parameters with ``***``."""
-    return _QUERY_VALUE.sub(lambda m: f"{m.group('name')}=***", text)
+    return _PARAM.sub(
+        lambda m: f"{m['lead']}{m['name']}=***" if _sensitive(m["name"]) else m[0], text
+    )
 
 
 class RedactingFilter(logging.Filter):
