@@ -241,3 +241,4 @@ async def test_publish_method_not_allowed(client: httpx.AsyncClient) -> None:
     answer = await client.put("/pub/x", content="x")
     assert answer.status_code == 405
     assert "method" in answer.json()["error"]
+    assert answer.headers["allow"] == "POST, GET, DELETE"

@@ -416,3 +416,18 @@ async def test_sse_several_channels_ids_never_skip_history_not_yet_sent(
     async with sse(client, "/sub/ha,hb", headers={"last-event-id": first["id"]}) as stream:
         got = [await stream.next(), await stream.next()]
     assert [(e["event"], e["data"]) for e in got] == [("hb", "y1"), ("hb", "y2")]
+
+
+async def test_longpoll_etag_is_the_channels_newest_after_an_empty_push(
+    client: httpx.AsyncClient,
+) -> None:
+    await push(client, "newest", "m1")
+    empty = await push(client, "newest", "")
+    group = (await client.get("/sub/newest?etag=0")).json()["channels"]["newest"]
+    assert datas(group) == ["m1"] and group["etag"] == empty
+    # resuming from it waits for what comes next
+    poll = asyncio.create_task(client.get("/sub/newest", params={"etag": group["etag"]}))
+    await asyncio.sleep(0.2)
+    assert not poll.done()
+    etag = await push(client, "newest", "m2")
+    assert (await asyncio.wait_for(poll, 5)).json()["channels"]["newest"]["etag"] == etag

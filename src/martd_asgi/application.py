@@ -23,7 +23,7 @@ from .backends.base import Backend, make_backend
 from .channels import check_name, parse_push_attributes
 from .config import Settings
 from .cors import CORSMiddleware
-from .errors import Forbidden, MartdError, NotFound
+from .errors import Forbidden, MartdError, MethodNotAllowed, NotFound
 from .limits import Limits, configure_backend
 from .metrics import Metrics
 from .router import Router
@@ -350,9 +350,7 @@ class MartdApp:
 
 
 def _method_not_allowed(allowed: str) -> MartdError:
-    error = MartdError(f"method: use {allowed}")
-    error.status = 405
-    return error
+    return MethodNotAllowed(f"method: use {allowed}", allow=allowed)
 
 
 async def _deny_websocket(scope: Scope, send: Send, error: MartdError) -> None:

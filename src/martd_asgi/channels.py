@@ -8,7 +8,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,11 +198,19 @@ class Message:
         return self.data == ""
 
     def encoded(self, kind: str) -> Any:
+        """This message encoded for a transport (``sse``, ``sse_data``, ``ws``), made once."""
         try:
             return self._cache[kind]
         except KeyError:
-            value = ENCODERS[kind](self)
-            self._cache[kind] = value
+            value = self._cache[kind] = ENCODERS[kind](self)
+            return value
+
+    def memo(self, kind: str, make: Callable[[Message], Any]) -> Any:
+        """Like ``encoded``, for an encoding that its transport makes."""
+        try:
+            return self._cache[kind]
+        except KeyError:
+            value = self._cache[kind] = make(self)
             return value
 
     def as_json(self) -> dict[str, str]:

@@ -4,7 +4,8 @@
      ├── BadRequest        400  malformed input; the message names the field
      ├── Unauthorized      401  a grant is needed and none (or an invalid one) was given
      ├── Forbidden         403  not a server, wrong key, attribute change refused
-     ├── NotFound          404  no such channel
+     ├── NotFound          404  no such channel or path
+     ├── MethodNotAllowed  405
      ├── Conflict          409  one2one channel held by another client
      ├── Gone              410  the channel was deleted
      ├── PayloadTooLarge   413
@@ -29,7 +30,23 @@ class MartdError(Exception):
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.message, **self.extra}
+        extra = {k: v for k, v in self.extra.items() if k not in _HEADERS}
+        return {"error": self.message, **extra}
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """What travels as HTTP headers rather than in the body (Retry-After, Allow)."""
+        return [
+            (_HEADERS[name], str(value).encode())
+            for name, value in self.extra.items()
+            if name in _HEADERS
+        ]
+
+
+_HEADERS = {"retry_after": b"retry-after", "allow": b"allow"}
+
+
+class MethodNotAllowed(MartdError):
+    status = 405
 
 
 class BadRequest(MartdError):

@@ -93,12 +93,7 @@ async def send_json(
 
 
 async def send_error(send: Send, error: MartdError) -> None:
-    headers = []
-    retry = error.extra.get("retry_after")
-    if retry is not None:
-        headers.append((b"retry-after", str(retry).encode()))
-    body = {k: v for k, v in error.body().items() if k != "retry_after"}
-    await send_json(send, error.status, body, headers)
+    await send_json(send, error.status, error.body(), error.headers())
 
 
 async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from ..backends.base import Control
-from ..channels import History, Message
+from ..channels import History, Message, etag_key
 from ..errors import MartdError
 from ..router import Subscriber
 from .common import Send, json_bytes, response_events
@@ -42,10 +42,7 @@ class LongPollSubscriber(Subscriber):
     def respond(self, messages: list[Message], extra: dict[str, Group] | None = None) -> None:
         missed = self.missed
         if extra is None and len(messages) == 1 and not missed:
-            events = messages[0]._cache.get("lp")
-            if events is None:
-                events = messages[0]._cache["lp"] = _lp_events(messages[0])
-            self.finish(events)
+            self.finish(messages[0].memo("lp", _lp_events))
             return
         groups: dict[str, Group] = dict(extra or {})
         for msg in messages:
@@ -56,7 +53,9 @@ class LongPollSubscriber(Subscriber):
                     missed.discard(msg.channel)
                 group = groups[msg.channel] = _group(msg.channel, msg.etag, [], gone)
             group["messages"].append(msg.as_json())
-            group["etag"] = msg.etag
+            newest = etag_key(group["etag"])
+            if newest is None or msg.key > newest:
+                group["etag"] = msg.etag
         ordered = {c: groups[c] for c in self.channels if c in groups}
         self.answer(200, {"channels": ordered}, ordered)
 
@@ -119,8 +118,9 @@ async def begin(
     for index, history in enumerate(histories):
         channel = sub.channels[index]
         fresh = sub.fresh(history.messages)
-        if history.missed and history.exists:
-            extra[channel] = _group(channel, history.last_etag, [], True)
+        if history.exists and (fresh or history.missed):
+            # resume from the channel's newest etag, an empty push's included
+            extra[channel] = _group(channel, history.last_etag, [], history.missed)
         messages.extend(fresh)
     if messages or extra:
         sub.respond(messages, extra)
