@@ -20,6 +20,7 @@ from conftest import free_socket, redis_url, sse, wait_for
 from martd_asgi.backends.base import Control, Event
 from martd_asgi.backends.redis import RedisBackend
 from martd_asgi.channels import Message, PushAttributes, etag_key
+from martd_asgi.errors import Conflict, Unavailable
 from redis_servers import redis_servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -343,3 +344,70 @@ async def test_redis_catch_up_delivers_the_gap_in_order_and_tells_what_was_evict
     finally:
         await listener.aclose()
         await pusher.aclose()
+
+
+@contextlib.asynccontextmanager
+async def started(*backends: RedisBackend) -> AsyncIterator[None]:
+    try:
+        for one in backends:
+            await one.start(lambda event: None)
+        yield
+    finally:
+        for one in backends:
+            await one.aclose()
+
+
+async def test_redis_leases_renewed_while_subscribers_stay(backend: str) -> None:
+    # Two processes with a 1 s lease: what the first holds must outlive the lease.
+    first, second = RedisBackend(backend, lease=1.0, hold=0.3), RedisBackend(backend, lease=1.0)
+    async with started(first, second):
+        await first.publish("o", "x", PushAttributes(one2one=True), server=True)
+        await first.attach("o", "holder")
+        await first.publish("quiet", "x", PushAttributes(life=1), server=True)
+        await first.attach("quiet", "c1")
+        await first.attach("quiet", "c2")
+        await asyncio.sleep(2.5)  # well past the lease and the message's life
+        with pytest.raises(Conflict):  # 409 for an intruder on another process
+            await second.attach("o", "intruder")
+        held = await second.info("o")
+        assert held is not None and held.subscribers == 1
+        quiet = await second.info("quiet")  # subscribed, no messages: still there
+        assert quiet is not None and (quiet.subscribers, quiet.messages) == (2, 0)
+        for channel, cid in (("o", "holder"), ("quiet", "c1"), ("quiet", "c2")):
+            await first.detach(channel, cid)
+        assert await second.info("quiet") is None
+
+
+async def test_redis_renewal_after_redis_lost_its_data_leaves_pushes_working(
+    backend: str,
+) -> None:
+    one = RedisBackend(backend, lease=1.0)
+    async with started(one):
+        await one.publish("lost", "x", PushAttributes(), server=True)
+        await one.attach("lost", "c")
+        keys = [k for k in one._keys("lost") if await one._client.exists(k)]
+        await one._client.delete(*keys)  # as after a Redis restart without persistence
+        await one.renew()
+        result = await one.publish("lost", "y", PushAttributes(), server=True)
+        assert result.created and result.subscribers == 1
+        await one.detach("lost", "c")
+
+
+async def test_redis_wrong_typed_key_answers_503_and_is_logged(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    one = RedisBackend(backend, lease=1.0)
+    async with started(one):
+        await one.attach("w", "c")
+        await one._client.set(one._keys("w")[3], "not a hash")  # the subscriber counts
+        with pytest.raises(Unavailable):
+            await one.publish("w", "x", PushAttributes(), server=True)
+        assert any("WRONGTYPE" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        # the lease renewal fails on it too, and says so above debug level
+        with caplog.at_level("WARNING", logger="martd.redis"):
+            await wait_for(
+                lambda: any("renewal" in r.getMessage() for r in caplog.records), timeout=3
+            )
+        await one._client.delete(one._keys("w")[3])
+        await one.detach("w", "c")

@@ -7,7 +7,8 @@ the etags everywhere. ``redis_fanout`` brings the notifications to this
 process's subscribers over one pub/sub connection, and catches up from the
 streams after a reconnect.
 
-While Redis cannot be reached, pushes fail with 503, never silently.
+While Redis cannot be reached, or refuses an operation (a key of the wrong
+type, out of memory), pushes fail with 503, never silently.
 Subscriber counts and one2one holds are leases that each process renews, so a
 crashed process's subscribers lapse on their own.
 
@@ -44,6 +45,7 @@ from ..channels import (
     hash_key,
 )
 from ..errors import Conflict, Forbidden, Unavailable
+from ..logs import redact
 from . import redis_lua
 from .base import ChannelInfo, Deliver, PublishResult
 from .redis_fanout import Fanout
@@ -147,14 +149,31 @@ class RedisBackend:
     # ---------------------------------------------------------------- keys
 
     def _keys(self, channel: str) -> list[str]:
+        """All keys of a channel: h s id n o (PUBLISH's KEYS)."""
         base = f"{self._prefix}:{{{channel}}}:"
         return [base + "h", base + "s", base + "id", base + "n", base + "o"]
+
+    def _keys_hsno(self, channel: str) -> list[str]:
+        """h s n o: the KEYS of ATTACH, DETACH, DELETE and REFRESH (no id)."""
+        keys = self._keys(channel)
+        return [keys[0], keys[1], keys[3], keys[4]]
+
+    def _keys_hsn(self, channel: str) -> list[str]:
+        """h s n: the KEYS of INFO and HISTORY."""
+        keys = self._keys(channel)
+        return [keys[0], keys[1], keys[3]]
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return await script(keys=keys, args=args)
         except DOWN as exc:
             raise Unavailable("backend: Redis cannot be reached; try again", retry_after=1) from exc
+        except rexc.ResponseError as exc:
+            # WRONGTYPE, OOM, a failing script: Redis answered, but cannot do it now.
+            log.warning("redis refused a script on %s: %s", keys[0], _brief(exc))
+            raise Unavailable(
+                "backend: Redis refused the operation; try again", retry_after=1
+            ) from exc
 
     # ------------------------------------------------------------ lifecycle
 
@@ -196,21 +215,33 @@ class RedisBackend:
             try:
                 await self.renew()
             except Exception as exc:  # retried on the next round
-                log.debug("lease renewal failed: %s", exc)
+                log.warning("lease renewal failed: %s", _brief(exc.__cause__ or exc))
 
     async def renew(self) -> None:
-        """Rewrite this process's subscriber counts and holds on every channel it serves."""
+        """Rewrite this process's subscriber counts and holds on every channel it serves.
+
+        Every channel is tried even when some fail; then the first failure is raised
+        (the failed channels are tried again on the next round).
+        """
         channels = set(self._conns) | self._dirty
         pending = list(channels)
+        failed: list[BaseException] = []
         for start in range(0, len(pending), 100):
             batch = pending[start : start + 100]
-            await asyncio.gather(*(self._renew_one(c) for c in batch))
+            results = await asyncio.gather(
+                *(self._renew_one(c) for c in batch), return_exceptions=True
+            )
+            failed += [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            if len(failed) > 1:
+                log.warning("lease renewal failed on %d of %d channels", len(failed), len(pending))
+            raise failed[0]
 
     async def _renew_one(self, channel: str) -> None:
         cids = self._conns.get(channel, {})
         live = [cid for cid, n in cids.items() if n > 0]
         args = [self._node, sum(cids.values()), self._lease_ms, self._keep_ms, *live]
-        await self._call(self._refresh, self._keys(channel), args)
+        await self._call(self._refresh, self._keys_hsno(channel), args)
         self._dirty.discard(channel)
 
     # ------------------------------------------------------------------ pushes
@@ -259,8 +290,7 @@ class RedisBackend:
         )
 
     async def info(self, channel: str) -> ChannelInfo | None:
-        keys = self._keys(channel)
-        reply = await self._call(self._info, [keys[0], keys[1], keys[3]], [])
+        reply = await self._call(self._info, self._keys_hsn(channel), [])
         if reply is None:
             return None
         size, life, one2one, has_key, last, messages, subscribers = reply
@@ -276,9 +306,8 @@ class RedisBackend:
         )
 
     async def delete(self, channel: str) -> bool:
-        keys = self._keys(channel)
         reply = await self._call(
-            self._delete, [keys[0], keys[1], keys[3], keys[4]], [self._fanout.events, channel]
+            self._delete, self._keys_hsno(channel), [self._fanout.events, channel]
         )
         return bool(reply)
 
@@ -288,8 +317,7 @@ class RedisBackend:
         key = None if after is None or after == "0" else etag_key(after)
         ours = key is not None and key[0] < ID_LIMIT and key[1] < ID_LIMIT
         arg = "" if after is None else (format_etag(key) if ours and key else "0")
-        keys = self._keys(channel)
-        reply = await self._call(self._history, [keys[0], keys[1], keys[3]], [arg])
+        reply = await self._call(self._history, self._keys_hsn(channel), [arg])
         if reply is None:
             return History([], missed=after not in (None, "0"), last_etag="0", exists=False)
         last, given_out, dropped_live, entries = reply
@@ -318,9 +346,7 @@ class RedisBackend:
         cids[cid] = cids.get(cid, 0) + 1
         try:
             args = [cid, self._node, 1, self._lease_ms, self._keep_ms]
-            reply = await self._call(
-                self._attach, self._keys(channel)[:2] + self._keys(channel)[3:], args
-            )
+            reply = await self._call(self._attach, self._keys_hsno(channel), args)
         except BaseException:
             self._forget(channel, cid)
             self._dirty.add(channel)
@@ -350,11 +376,10 @@ class RedisBackend:
 
     async def detach(self, channel: str, cid: str) -> None:
         conns, left = self._forget(channel, cid)
-        keys = self._keys(channel)
         args = [cid, self._node, conns, left, self._lease_ms, self._hold_ms]
         self._detaching += 1
         try:
-            await self._call(self._detach, keys[:2] + keys[3:], args)
+            await self._call(self._detach, self._keys_hsno(channel), args)
         except Unavailable:
             self._dirty.add(channel)
             raise
@@ -374,8 +399,10 @@ class RedisBackend:
         if now - self._counted[0] > COUNT_EVERY:
             try:
                 self._counted = (now, *await self._count())
-            except DOWN:
+            except DOWN:  # shown stale until Redis answers
                 pass
+            except rexc.ResponseError as exc:
+                log.warning("counting channels failed: %s", _brief(exc))
         return {
             "backend": self.name,
             "channels": self._counted[1],
@@ -404,6 +431,12 @@ class RedisBackend:
                 messages += await lengths()
         messages += await lengths()
         return channels, messages
+
+
+def _brief(exc: BaseException) -> str:
+    """An error for a log line: its kind and first line, without secrets."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return redact(f"{type(exc).__name__}: {text}")
 
 
 def _glob_escape(text: str) -> str:
