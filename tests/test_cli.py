@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import redis_url
 from martd_asgi.devcert import dev_certificate
 from serving import MARTD, Served, ca_context, free_port, martd_serve, run_martd
 
@@ -231,3 +232,34 @@ def test_cli_token_prints_a_token_for_the_secret() -> None:
     claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
     assert claims["martd"]["publish"] == ["user.42.*"]
     assert claims["martd"]["subscribe"] == ["room.1"]
+
+
+def test_cli_serve_workers_share_channels_through_redis_and_stop_cleanly(
+    tmp_path: Path,
+) -> None:
+    with (
+        redis_url() as backend,
+        martd_serve("--workers", "2", "--backend", backend, tmp=tmp_path) as served,
+    ):
+        pushed = run_martd("pub", "cli.workers", "first", "--url", served.url)
+        assert pushed.returncode == 0, pushed.stderr
+        got = run_martd("sub", "cli.workers", "--etag", "0", "--count", "1", "--url", served.url)
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == "first\n"
+        with subprocess.Popen(
+            [*MARTD, "sub", "cli.workers", "--count", "1", "--url", served.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        ) as process:
+            assert process.stderr is not None and process.stdout is not None
+            assert "listening" in process.stderr.readline()
+            # Subscribed before its headers came back: whichever worker takes the push,
+            # the message reaches it through Redis.
+            assert httpx.post(f"{served.url}/pub/cli.workers", content="live").is_success
+            assert process.stdout.readline() == "live\n"
+            assert process.wait(timeout=10) == 0
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=15) == 0, served.stderr()
+        assert "Traceback" not in served.stderr()

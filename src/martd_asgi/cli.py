@@ -167,12 +167,17 @@ def serve(**kwargs: Any) -> None:
     click.echo(f"martd: serving at {base}/ (demo page: {base}/demo)", err=True)
     if kwargs.get("upstream"):
         click.echo(f"martd: every other path goes to {kwargs['upstream']}", err=True)
-    server = uvicorn.Server(config)
     if config.workers > 1:
+        # The supervisor starts the workers (each imports the app by name) and
+        # ends them on SIGINT/SIGTERM; no Server object runs in this process.
         sock = config.bind_socket()
-        Multiprocess(config, sockets=[sock]).run()
-    else:
-        server.run()
+        try:
+            Multiprocess(config, sockets=[sock]).run()
+        finally:
+            sock.close()
+        return
+    server = uvicorn.Server(config)
+    server.run()
     if not server.started:
         sys.exit(1)
 
