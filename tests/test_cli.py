@@ -63,6 +63,30 @@ def test_cli_pub_then_sub_from_etag_0_prints_the_message(served: Served) -> None
     }
 
 
+def test_cli_sub_takes_one_etag_place_per_channel_in_their_order(served: Served) -> None:
+    def pub(channel: str, data: str) -> str:
+        pushed = run_martd("pub", channel, data, "--url", served.url)
+        assert pushed.returncode == 0, pushed.stderr
+        return str(json.loads(pushed.stdout)["etag"])
+
+    after = pub("cli.pa", "pa1")
+    pub("cli.pa", "pa2")
+    pub("cli.pb", "pb1")
+
+    def sub(etag: str, count: int) -> list[str]:
+        got = run_martd(
+            "sub", "cli.pa,cli.pb", "--etag", etag, "--count", str(count), "--url", served.url
+        )
+        assert got.returncode == 0, got.stderr
+        return got.stdout.splitlines()
+
+    # cli.pa resumes after its first message, cli.pb starts from everything retained.
+    assert sorted(sub(f"{after},0", 2)) == ["cli.pa: pa2", "cli.pb: pb1"]
+    # An empty place: that channel has no etag (only new messages); the other from 0.
+    assert sub(",0", 1) == ["cli.pb: pb1"]
+    assert sub("0,", 1) == ["cli.pa: pa1"]
+
+
 def test_cli_pub_reads_stdin_and_sets_attributes(served: Served) -> None:
     pushed = run_martd(
         "pub",
@@ -123,6 +147,8 @@ def test_cli_sub_prints_each_message_as_it_arrives(served: Served) -> None:
         (["sub", "ok,martd"], "channel"),
         (["pub", "ch", "x", "--url", "ftp://nowhere"], "--url"),
         (["sub", "ch", "--etag", "not valid!"], "--etag"),
+        (["sub", "a,b", "--etag", "0"], "--etag"),
+        (["sub", "a,b", "--etag", "0,0,0"], "--etag"),
         (["pub", "ch", "x", "--size", "many"], "--size"),
         (["serve", "--workers", "2"], "redis"),
         (["serve", "--upstream", "localhost:3000"], "--upstream"),

@@ -383,8 +383,9 @@ def pub_command(
 @url_option
 @click.option(
     "--etag",
-    help="Resume after this etag ('0': every retained message first); "
-    "one per channel, comma-separated, for several.",
+    help="Resume after this etag ('0': every retained message first). Several "
+    "channels: one place per channel, comma-separated in their order, an empty "
+    "place meaning none (a,b,c --etag E1,,0).",
 )
 @click.option(
     "--json",
@@ -420,8 +421,16 @@ def sub_command(
 
     names = _check_channels(channels)
     if etag is not None:
+        places = etag.split(",")
+        if len(places) != len(names):
+            raise click.BadParameter(
+                f"{len(places)} place(s) for {len(names)} channel(s): give one etag per "
+                "channel, comma-separated in the order of CHANNELS, an empty place meaning "
+                "none (a,b,c --etag E1,,0)",
+                param_hint="--etag",
+            )
         try:
-            for part in etag.split(","):
+            for part in places:
                 if part:
                     check_etag(part)
         except MartdError as exc:
