@@ -36,8 +36,12 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 def test_cli_pub_then_sub_from_etag_0_prints_the_message(served: Served) -> None:
     pushed = run_martd("pub", "cli.first", "hello from the shell", "--url", served.url)
     assert pushed.returncode == 0, pushed.stderr
+    # martd's answer as the server sent it, one line, no fields of the client's own.
+    assert pushed.stdout.count("\n") == 1
     answer = json.loads(pushed.stdout)
-    assert answer["channel"] == "cli.first" and answer["created"] is True
+    assert set(answer) == {"channel", "etag", "subscribers", "messages"}
+    assert answer["channel"] == "cli.first" and answer["messages"] == 1
+    assert answer["etag"] == httpx.get(f"{served.url}/pub/cli.first").json()["etag"]
 
     got = run_martd("sub", "cli.first", "--etag", "0", "--count", "1", "--url", served.url)
     assert got.returncode == 0, got.stderr

@@ -353,7 +353,7 @@ def pub_command(
     secret: str | None,
     token: str | None,
 ) -> None:
-    """Push DATA into CHANNEL and print martd's answer as JSON.
+    """Push DATA into CHANNEL and print martd's answer (its JSON body) on one line.
 
     DATA '-' reads the payload from standard input; without DATA the push is
     empty (it sets the channel's attributes only).
@@ -375,7 +375,8 @@ def pub_command(
         raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--url") from None
     except ClientError as exc:
         _client_failure(exc)
-    click.echo(json.dumps(dataclasses.asdict(result)))
+    # martd's answer as it sent it: {"channel", "etag", "subscribers", "messages"}.
+    click.echo(result.answer.strip())
 
 
 @cli.command("sub")
