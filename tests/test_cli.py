@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import redis_url
 from martd_asgi.devcert import dev_certificate
 from serving import MARTD, Served, ca_context, free_port, martd_serve, run_martd
 
@@ -35,8 +36,12 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 def test_cli_pub_then_sub_from_etag_0_prints_the_message(served: Served) -> None:
     pushed = run_martd("pub", "cli.first", "hello from the shell", "--url", served.url)
     assert pushed.returncode == 0, pushed.stderr
+    # martd's answer as the server sent it, one line, no fields of the client's own.
+    assert pushed.stdout.count("\n") == 1
     answer = json.loads(pushed.stdout)
-    assert answer["channel"] == "cli.first" and answer["created"] is True
+    assert set(answer) == {"channel", "etag", "subscribers", "messages"}
+    assert answer["channel"] == "cli.first" and answer["messages"] == 1
+    assert answer["etag"] == httpx.get(f"{served.url}/pub/cli.first").json()["etag"]
 
     got = run_martd("sub", "cli.first", "--etag", "0", "--count", "1", "--url", served.url)
     assert got.returncode == 0, got.stderr
@@ -60,6 +65,30 @@ def test_cli_pub_then_sub_from_etag_0_prints_the_message(served: Served) -> None
         "etag": answer["etag"],
         "data": "hello from the shell",
     }
+
+
+def test_cli_sub_takes_one_etag_place_per_channel_in_their_order(served: Served) -> None:
+    def pub(channel: str, data: str) -> str:
+        pushed = run_martd("pub", channel, data, "--url", served.url)
+        assert pushed.returncode == 0, pushed.stderr
+        return str(json.loads(pushed.stdout)["etag"])
+
+    after = pub("cli.pa", "pa1")
+    pub("cli.pa", "pa2")
+    pub("cli.pb", "pb1")
+
+    def sub(etag: str, count: int) -> list[str]:
+        got = run_martd(
+            "sub", "cli.pa,cli.pb", "--etag", etag, "--count", str(count), "--url", served.url
+        )
+        assert got.returncode == 0, got.stderr
+        return got.stdout.splitlines()
+
+    # cli.pa resumes after its first message, cli.pb starts from everything retained.
+    assert sorted(sub(f"{after},0", 2)) == ["cli.pa: pa2", "cli.pb: pb1"]
+    # An empty place: that channel has no etag (only new messages); the other from 0.
+    assert sub(",0", 1) == ["cli.pb: pb1"]
+    assert sub("0,", 1) == ["cli.pa: pa1"]
 
 
 def test_cli_pub_reads_stdin_and_sets_attributes(served: Served) -> None:
@@ -122,6 +151,8 @@ def test_cli_sub_prints_each_message_as_it_arrives(served: Served) -> None:
         (["sub", "ok,martd"], "channel"),
         (["pub", "ch", "x", "--url", "ftp://nowhere"], "--url"),
         (["sub", "ch", "--etag", "not valid!"], "--etag"),
+        (["sub", "a,b", "--etag", "0"], "--etag"),
+        (["sub", "a,b", "--etag", "0,0,0"], "--etag"),
         (["pub", "ch", "x", "--size", "many"], "--size"),
         (["serve", "--workers", "2"], "redis"),
         (["serve", "--upstream", "localhost:3000"], "--upstream"),
@@ -231,3 +262,34 @@ def test_cli_token_prints_a_token_for_the_secret() -> None:
     claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
     assert claims["martd"]["publish"] == ["user.42.*"]
     assert claims["martd"]["subscribe"] == ["room.1"]
+
+
+def test_cli_serve_workers_share_channels_through_redis_and_stop_cleanly(
+    tmp_path: Path,
+) -> None:
+    with (
+        redis_url() as backend,
+        martd_serve("--workers", "2", "--backend", backend, tmp=tmp_path) as served,
+    ):
+        pushed = run_martd("pub", "cli.workers", "first", "--url", served.url)
+        assert pushed.returncode == 0, pushed.stderr
+        got = run_martd("sub", "cli.workers", "--etag", "0", "--count", "1", "--url", served.url)
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == "first\n"
+        with subprocess.Popen(
+            [*MARTD, "sub", "cli.workers", "--count", "1", "--url", served.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        ) as process:
+            assert process.stderr is not None and process.stdout is not None
+            assert "listening" in process.stderr.readline()
+            # Subscribed before its headers came back: whichever worker takes the push,
+            # the message reaches it through Redis.
+            assert httpx.post(f"{served.url}/pub/cli.workers", content="live").is_success
+            assert process.stdout.readline() == "live\n"
+            assert process.wait(timeout=10) == 0
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=15) == 0, served.stderr()
+        assert "Traceback" not in served.stderr()

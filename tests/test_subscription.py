@@ -137,3 +137,9 @@ def test_subscription_resumes_from_its_last_etag_after_a_cut(
     finally:
         subscription.close()
         relay.cut()
+
+
+@pytest.mark.parametrize("etag", ["0", "0,0,0"])
+def test_subscription_etags_need_one_place_per_channel(etag: str) -> None:
+    with pytest.raises(ValueError, match="one place per channel"):
+        Subscription("http://127.0.0.1:1/martd", ["a", "b"], etag=etag)

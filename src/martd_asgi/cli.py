@@ -167,12 +167,17 @@ def serve(**kwargs: Any) -> None:
     click.echo(f"martd: serving at {base}/ (demo page: {base}/demo)", err=True)
     if kwargs.get("upstream"):
         click.echo(f"martd: every other path goes to {kwargs['upstream']}", err=True)
-    server = uvicorn.Server(config)
     if config.workers > 1:
+        # The supervisor starts the workers (each imports the app by name) and
+        # ends them on SIGINT/SIGTERM; no Server object runs in this process.
         sock = config.bind_socket()
-        Multiprocess(config, sockets=[sock]).run()
-    else:
-        server.run()
+        try:
+            Multiprocess(config, sockets=[sock]).run()
+        finally:
+            sock.close()
+        return
+    server = uvicorn.Server(config)
+    server.run()
     if not server.started:
         sys.exit(1)
 
@@ -348,7 +353,7 @@ def pub_command(
     secret: str | None,
     token: str | None,
 ) -> None:
-    """Push DATA into CHANNEL and print martd's answer as JSON.
+    """Push DATA into CHANNEL and print martd's answer (its JSON body) on one line.
 
     DATA '-' reads the payload from standard input; without DATA the push is
     empty (it sets the channel's attributes only).
@@ -370,7 +375,8 @@ def pub_command(
         raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--url") from None
     except ClientError as exc:
         _client_failure(exc)
-    click.echo(json.dumps(dataclasses.asdict(result)))
+    # martd's answer as it sent it: {"channel", "etag", "subscribers", "messages"}.
+    click.echo(result.answer.strip())
 
 
 @cli.command("sub")
@@ -378,8 +384,9 @@ def pub_command(
 @url_option
 @click.option(
     "--etag",
-    help="Resume after this etag ('0': every retained message first); "
-    "one per channel, comma-separated, for several.",
+    help="Resume after this etag ('0': every retained message first). Several "
+    "channels: one place per channel, comma-separated in their order, an empty "
+    "place meaning none (a,b,c --etag E1,,0).",
 )
 @click.option(
     "--json",
@@ -415,8 +422,16 @@ def sub_command(
 
     names = _check_channels(channels)
     if etag is not None:
+        places = etag.split(",")
+        if len(places) != len(names):
+            raise click.BadParameter(
+                f"{len(places)} place(s) for {len(names)} channel(s): give one etag per "
+                "channel, comma-separated in the order of CHANNELS, an empty place meaning "
+                "none (a,b,c --etag E1,,0)",
+                param_hint="--etag",
+            )
         try:
-            for part in etag.split(","):
+            for part in places:
                 if part:
                     check_etag(part)
         except MartdError as exc:

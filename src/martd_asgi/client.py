@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -116,6 +116,8 @@ class PublishResult:
     subscribers: int
     messages: int
     created: bool
+    #: martd's answer as it sent it (the JSON text of the response body).
+    answer: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ def _publish_result(response: httpx.Response) -> PublishResult:
         subscribers=int(body.get("subscribers", 0)),
         messages=int(body.get("messages", 0)),
         created=response.status_code == 201,
+        answer=response.text,
     )
 
 

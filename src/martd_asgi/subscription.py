@@ -1,6 +1,6 @@
 """A blocking subscriber for scripts and ``martd sub``: SSE or long-poll, resuming on its own.
 
-``Subscription(url, ["a", "b"], etag="0")`` is an iterator of ``Delivery``
+``Subscription(url, ["a", "b"], etag="0,0")`` is an iterator of ``Delivery``
 values. It keeps the last etag of every channel and, when the connection drops
 or the server restarts, reconnects with backoff and resumes from there (SSE's
 ``Last-Event-ID``, long-poll's ``?etag=``), so nothing still retained is lost.
@@ -61,12 +61,15 @@ class Subscription:
         self.cid = secrets.token_hex(8)
         self.etags: dict[str, str | None] = dict.fromkeys(self.channels)
         if etag is not None:
+            # As on the wire: one place per channel, in their order; empty means none.
             given = etag.split(",")
-            if len(given) == 1:
-                given = given * len(self.channels)
             if len(given) != len(self.channels):
-                raise ValueError("etag: give one etag, or one per channel separated by commas")
-            self.etags = {ch: (e or None) for ch, e in zip(self.channels, given, strict=False)}
+                raise ValueError(
+                    f"etag: give one place per channel, comma-separated in the order of the "
+                    f"channels (an empty place: none); got {len(given)} for "
+                    f"{len(self.channels)} channels"
+                )
+            self.etags = {ch: (e or None) for ch, e in zip(self.channels, given, strict=True)}
         headers = {"user-agent": "martd-sub"}
         if token:
             headers["authorization"] = f"Bearer {token}"
