@@ -1,0 +1,341 @@
+"""The martd ASGI application: routes, lifecycle, and in-process publishing.
+
+The two hot endpoints (``/pub`` and ``/sub``) are plain ASGI code with no
+framework objects per request; everything else is small and rare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from . import logs
+from .auth import Authority
+from .backends.base import Backend, make_backend
+from .channels import check_name, parse_push_attributes
+from .config import Settings
+from .errors import BadRequest, Forbidden, MartdError, NotFound
+from .router import Router
+from .transports import publish as pub
+from .transports.common import (
+    CALLBACK_RE,
+    Receive,
+    Request,
+    Scope,
+    Send,
+    json_bytes,
+    send_error,
+    send_json,
+)
+from .transports.longpoll import send_jsonp_error
+from .transports.subscribe import subscribe
+
+STATIC = Path(__file__).parent / "static"
+WebSocketHandler = Callable[..., Awaitable[None]]
+
+
+def _static_file(name: str) -> bytes:
+    for place in (STATIC / name, Path(__file__).parents[2] / "js" / name):
+        if place.is_file():
+            return place.read_bytes()
+    raise FileNotFoundError(name)
+
+
+class MartdApp:
+    """A martd server as an ASGI application. Build it with ``create_app``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.authority = Authority(settings)
+        self.router = Router(
+            max_backlog=settings.sub_buffer_messages,
+            max_backlog_bytes=settings.sub_buffer_bytes,
+            stall=settings.sub_stall,
+            ping=settings.ping,
+        )
+        self.backend: Backend = make_backend(settings.backend, hold=settings.hold)
+        self.log = logging.getLogger("martd")
+        self.counters: dict[str, int] = {"published": 0}
+        self.started = False
+        self.closing = False
+        self.started_at = time.time()
+        self.websocket: WebSocketHandler = _no_websocket
+        self._start_lock: asyncio.Lock | None = None
+        self._static: dict[str, tuple[bytes, bytes]] = {}
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def startup(self) -> None:
+        """Start the backend and timers. Runs on the first request if no lifespan does."""
+        if self.started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self.started:
+                return
+            await self.backend.start(self.router.deliver)
+            self.router.start(interval=min(0.25, self.settings.ping / 2))
+            logs.install("uvicorn.access", "uvicorn.error", "martd")
+            self._chain_signals()
+            self.closing = False
+            self.started = True
+
+    async def shutdown(self) -> None:
+        """End every subscription (long-polls answer, SSE gets a retry hint), then stop."""
+        if not self.started:
+            return
+        self.begin_shutdown()
+        deadline = time.monotonic() + self.settings.grace
+        while self.router.by_channel and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.router.stop()
+        await self.backend.aclose()
+        self.started = False
+
+    def begin_shutdown(self) -> None:
+        self.closing = True
+        self.router.close_all("shutdown")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, *_: Any) -> AsyncIterator[None]:
+        """For hosts that mount martd: ``async with martd_app.lifespan(): ...``."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    def _chain_signals(self) -> None:
+        # Servers handle SIGTERM by waiting for open responses to end; our streams
+        # never end by themselves, so end them when the server is told to stop.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if not callable(previous) or getattr(previous, "_martd", False):
+                continue
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(self.begin_shutdown)
+                previous(signum, frame)
+
+            handler._martd = True  # type: ignore[attr-defined]
+            signal.signal(sig, handler)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ------------------------------------------------------------ publishing
+
+    async def publish(
+        self,
+        channel: str,
+        data: str,
+        size: int = 10,
+        life: int = 3600,
+        one2one: bool = False,
+        key: str | None = None,
+    ) -> str:
+        """Push as a server, in process; returns the new etag."""
+        await self.startup()
+        check_name(channel)
+        given = {"size": str(size), "life": str(life), "one2one": str(bool(one2one)).lower()}
+        if key is not None:
+            given["key"] = key
+        result = await self.backend.publish(
+            channel, data, parse_push_attributes(given), server=True
+        )
+        self.counters["published"] += 1
+        return result.etag
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind not in ("http", "websocket"):
+            return
+        if not self.started:
+            await self.startup()
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        request = Request(scope, path)
+        try:
+            if path.startswith("/sub/"):
+                if kind == "http" and request.method not in ("GET", "HEAD"):
+                    raise _method_not_allowed("GET")
+                await subscribe(self, request, path[5:], receive, send)
+                return
+            if kind == "websocket":
+                raise NotFound(f"path: no WebSocket endpoint at {path!r}; use /sub/{{channels}}")
+            await self._route(request, path, receive, send)
+        except MartdError as error:
+            await self.refuse(request, send, error)
+
+    async def _route(self, request: Request, path: str, receive: Receive, send: Send) -> None:
+        method = request.method
+        if path.startswith("/pub/"):
+            channel = path[5:]
+            if method == "POST":
+                await pub.publish(self, request, channel, receive, send)
+            elif method == "GET":
+                await pub.info(self, request, channel, send)
+            elif method == "DELETE":
+                await pub.delete(self, request, channel, send)
+            else:
+                raise _method_not_allowed("POST, GET, DELETE")
+            return
+        routes: dict[str, Callable[[Request, Send], Awaitable[None]]] = {
+            "/client.js": self._client_js,
+            "/healthz": self._healthz,
+            "/stats": self._stats,
+            "/demo": self._demo,
+        }
+        handler = routes.get(path)
+        if handler is None or (path == "/demo" and not self.settings.demo):
+            raise NotFound(f"path: nothing at {path!r}")
+        if method not in ("GET", "HEAD"):
+            raise _method_not_allowed("GET")
+        await handler(request, send)
+
+    async def refuse(self, request: Request, send: Send, error: MartdError) -> None:
+        """Answer an error on whatever transport the request came by."""
+        scope = request.scope
+        if scope["type"] == "websocket":
+            await _deny_websocket(scope, send, error)
+            return
+        callback = request.query.get("callback") if request.path.startswith("/sub/") else None
+        if callback and CALLBACK_RE.match(callback):
+            await send_jsonp_error(send, callback, error)
+            return
+        await send_error(send, error)
+
+    def require_server(self, request: Request, channel: str | None = None) -> None:
+        if not self.authority.is_server(request.scope, request.headers, request.query, channel):
+            raise Forbidden("server: this needs a server address, the secret or a token")
+
+    # ------------------------------------------------------------ small routes
+
+    async def _static_response(
+        self, request: Request, send: Send, name: str, content_type: bytes, cache: bytes
+    ) -> None:
+        if name not in self._static:
+            data = _static_file(name)
+            etag = b'"' + hashlib.sha256(data).hexdigest()[:20].encode() + b'"'
+            self._static[name] = (data, etag)
+        data, etag = self._static[name]
+        headers = [(b"content-type", content_type), (b"etag", etag), (b"cache-control", cache)]
+        if request.headers.get("if-none-match") == etag.decode():
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        body = b"" if request.method == "HEAD" else data
+        await send({"type": "http.response.body", "body": body})
+
+    async def _client_js(self, request: Request, send: Send) -> None:
+        await self._static_response(
+            request,
+            send,
+            "client.js",
+            b"application/javascript; charset=utf-8",
+            b"public, max-age=300, must-revalidate",
+        )
+
+    async def _demo(self, request: Request, send: Send) -> None:
+        await self._static_response(
+            request, send, "demo.html", b"text/html; charset=utf-8", b"no-cache"
+        )
+
+    async def _healthz(self, request: Request, send: Send) -> None:
+        try:
+            ok = await asyncio.wait_for(self.backend.healthy(), timeout=2.0)
+        except Exception:
+            ok = False
+        body = {"status": "ok" if ok else "unavailable", "backend": self.backend.name}
+        await send_json(send, 200 if ok else 503, body)
+
+    async def _stats(self, request: Request, send: Send) -> None:
+        self.require_server(request)
+        await send_json(send, 200, await self.stats())
+
+    async def stats(self) -> dict[str, Any]:
+        backend = await self.backend.stats()
+        return {
+            **backend,
+            "subscribers": self.router.subscribers(),
+            "connections": self.router.by_transport(),
+            "published": self.counters["published"],
+            **self.router.counters,
+            "uptime": round(time.time() - self.started_at, 3),
+        }
+
+
+def _method_not_allowed(allowed: str) -> MartdError:
+    error = MartdError(f"method: use {allowed}")
+    error.status = 405
+    return error
+
+
+async def _deny_websocket(scope: Scope, send: Send, error: MartdError) -> None:
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = json_bytes(error.body())
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": error.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+
+
+async def _no_websocket(app: MartdApp, request: Request, req: Any, receive: Receive, send: Send) -> None:
+    await _deny_websocket(request.scope, send, BadRequest("transport: WebSocket is not available"))
+
+
+def create_app(**settings: Any) -> MartdApp:
+    """A new martd app: settings from ``MARTD_*`` variables, then these keywords."""
+    return MartdApp(Settings.from_env(**settings))
+
+
+_default: MartdApp | None = None
+
+
+def default_app() -> MartdApp:
+    global _default
+    if _default is None:
+        _default = create_app()
+    return _default

@@ -1,0 +1,106 @@
+"""The Backend protocol: where channels live and how pushes reach every process.
+
+A backend stores channels (attributes, the hashed key, the message queue) and
+moves events between processes. It never talks to subscribers: every event it
+produces goes to one ``deliver`` callback, the router's, in publish order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from ..channels import History, Message, PushAttributes
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control event for the subscribers of one channel.
+
+    ``kind`` is ``deleted`` (the channel was dropped: tell and close everyone)
+    or ``kicked`` (one2one was switched on: everyone but ``keep`` goes).
+    """
+
+    kind: str
+    channel: str
+    keep: str | None = None
+
+
+Event = Message | Control
+Deliver = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    channel: str
+    etag: str
+    subscribers: int
+    messages: int
+    created: bool
+
+    def body(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["created"]
+        return data
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    channel: str
+    etag: str
+    subscribers: int
+    messages: int
+    size: int
+    life: int
+    one2one: bool
+    has_key: bool
+
+    def body(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backend(Protocol):
+    name: str
+
+    async def start(self, deliver: Deliver) -> None:
+        """Begin handing every event, local or from other processes, to ``deliver``."""
+
+    async def aclose(self) -> None: ...
+
+    async def publish(
+        self, channel: str, data: str, attrs: PushAttributes, *, server: bool
+    ) -> PublishResult:
+        """Store a push and deliver it. Raises Forbidden for a wrong key or a
+        non-server that may not create or change the channel."""
+
+    async def info(self, channel: str) -> ChannelInfo | None: ...
+
+    async def delete(self, channel: str) -> bool: ...
+
+    async def history(self, channel: str, after: str | None) -> History:
+        """Retained messages after ``after`` (None: none, "0": all) and the missed flag."""
+
+    async def attach(self, channel: str, cid: str) -> None:
+        """Count a subscriber of ``channel`` as client ``cid``; raises Conflict when a
+        one2one channel is held by another client."""
+
+    async def detach(self, channel: str, cid: str) -> None: ...
+
+    async def healthy(self) -> bool: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+
+def make_backend(url: str, **options: Any) -> Backend:
+    """Choose a backend by URL; Redis is imported only when asked for."""
+    if url == "memory":
+        from .memory import MemoryBackend
+
+        return MemoryBackend(**options)
+    if url.startswith(("redis://", "rediss://")):
+        from .redis import RedisBackend  # type: ignore[import-not-found,unused-ignore]
+
+        backend: Backend = RedisBackend(url, **options)
+        return backend
+    raise ValueError(f"backend: unknown backend {url!r}")

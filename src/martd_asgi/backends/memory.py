@@ -1,0 +1,284 @@
+"""The in-memory backend: every channel lives in this process.
+
+Pushes are delivered synchronously, before ``publish`` returns, so a push that
+was answered has reached every subscriber connected at that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections import deque
+from typing import Any
+
+from ..channels import (
+    ZERO,
+    Attributes,
+    EtagClock,
+    EtagKey,
+    History,
+    Message,
+    PushAttributes,
+    etag_key,
+    format_etag,
+    hash_key,
+    key_matches,
+)
+from ..errors import Conflict, Forbidden
+from .base import ChannelInfo, Control, Deliver, PublishResult
+
+
+class _Channel:
+    __slots__ = ("attrs", "key_hash", "messages", "first", "last", "dropped", "dropped_live")
+
+    def __init__(self, attrs: Attributes, key_hash: str | None) -> None:
+        self.attrs = attrs
+        self.key_hash = key_hash
+        self.messages: deque[Message] = deque()
+        self.first: EtagKey | None = None  # first etag of this incarnation
+        self.last: EtagKey = ZERO  # newest etag
+        self.dropped: EtagKey = ZERO  # newest etag evicted or expired
+        self.dropped_live: EtagKey = ZERO  # the same, counting only non-empty messages
+
+    def drop(self, msg: Message) -> None:
+        self.dropped = max(self.dropped, msg.key)
+        if not msg.empty:
+            self.dropped_live = max(self.dropped_live, msg.key)
+
+
+class _Holds:
+    """Who holds a one2one channel: clients in the order they came."""
+
+    __slots__ = ("clients",)
+
+    def __init__(self) -> None:
+        # cid -> [open connections, monotonic time the hold lapses when none are open]
+        self.clients: dict[str, list[float]] = {}
+
+    def holder(self, now: float) -> str | None:
+        for cid, (conns, lapse) in list(self.clients.items()):
+            if conns > 0 or lapse > now:
+                return cid
+            del self.clients[cid]
+        return None
+
+
+class MemoryBackend:
+    name = "memory"
+
+    def __init__(self, *, hold: float = 30.0, sweep_interval: float = 1.0) -> None:
+        self._channels: dict[str, _Channel] = {}
+        self._subscribers: dict[str, int] = {}
+        self._holds: dict[str, _Holds] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._clock = EtagClock()
+        self._hold = hold
+        self._sweep_interval = sweep_interval
+        self._deliver: Deliver = lambda event: None
+        self._timer: asyncio.TimerHandle | None = None
+        self.published = 0
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._timer = asyncio.get_running_loop().call_later(self._sweep_interval, self._sweep)
+
+    async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self) -> None:
+        self.expire(time.time())
+        self._timer = asyncio.get_running_loop().call_later(self._sweep_interval, self._sweep)
+
+    # ------------------------------------------------------------ channel state
+
+    def expire(self, now: float) -> None:
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            _, name = heapq.heappop(heap)
+            channel = self._channels.get(name)
+            if channel is None:
+                continue
+            kept: deque[Message] = deque()
+            for msg in channel.messages:
+                if msg.expires <= now:
+                    channel.drop(msg)
+                else:
+                    kept.append(msg)
+            channel.messages = kept
+            self._maybe_drop(name)
+
+    def _maybe_drop(self, name: str) -> None:
+        channel = self._channels.get(name)
+        if channel is not None and not channel.messages and not self._subscribers.get(name):
+            del self._channels[name]
+
+    def _get(self, name: str) -> _Channel | None:
+        if self._expiry and self._expiry[0][0] <= time.time():
+            self.expire(time.time())
+        return self._channels.get(name)
+
+    # ------------------------------------------------------------------ pushes
+
+    async def publish(
+        self, channel: str, data: str, attrs: PushAttributes, *, server: bool
+    ) -> PublishResult:
+        now = time.time()
+        current = self._get(channel)
+        if current is not None and current.key_hash is not None:
+            if not key_matches(current.key_hash, attrs.key):
+                raise Forbidden("key: this channel needs its key to push", field="key")
+        if not server:
+            if current is None:
+                raise Forbidden("channel: only a server can create a channel", field="channel")
+            if current.key_hash is None:
+                raise Forbidden("key: only a server can push into this channel", field="key")
+            differs = attrs.agrees_with(current.attrs)
+            if differs:
+                raise Forbidden(f"{differs}: only a server can change attributes", field=differs)
+            new_attrs = current.attrs
+        else:
+            if current is not None and current.key_hash is None and attrs.key is not None:
+                raise Forbidden(
+                    "key: a key is set when the channel is created and cannot be added later",
+                    field="key",
+                )
+            new_attrs = attrs.resolved()
+
+        created = current is None
+        if current is None:
+            current = _Channel(new_attrs, None if attrs.key is None else hash_key(attrs.key))
+            self._channels[channel] = current
+        switched_on = new_attrs.one2one and not current.attrs.one2one and not created
+        current.attrs = new_attrs
+
+        key = self._clock.next(current.last)
+        msg = Message(channel, key, data, now + new_attrs.life)
+        if current.first is None:
+            current.first = key
+        current.last = key
+        queue = current.messages
+        queue.append(msg)
+        while len(queue) > new_attrs.size:
+            current.drop(queue.popleft())
+        heapq.heappush(self._expiry, (msg.expires, channel))
+        self.published += 1
+
+        if switched_on:
+            holds = self._holds.get(channel)
+            keep = holds.holder(time.monotonic()) if holds else None
+            if holds is not None:
+                holds.clients = {c: v for c, v in holds.clients.items() if c == keep}
+            self._deliver(Control("kicked", channel, keep))
+        if data:
+            self._deliver(msg)
+        return PublishResult(
+            channel=channel,
+            etag=msg.etag,
+            subscribers=self._subscribers.get(channel, 0),
+            messages=len(queue),
+            created=created,
+        )
+
+    async def info(self, channel: str) -> ChannelInfo | None:
+        current = self._get(channel)
+        if current is None:
+            return None
+        return ChannelInfo(
+            channel=channel,
+            etag=format_etag(current.last) if current.last != ZERO else "0",
+            subscribers=self._subscribers.get(channel, 0),
+            messages=len(current.messages),
+            size=current.attrs.size,
+            life=current.attrs.life,
+            one2one=current.attrs.one2one,
+            has_key=current.key_hash is not None,
+        )
+
+    async def delete(self, channel: str) -> bool:
+        current = self._get(channel)
+        if current is None:
+            return False
+        del self._channels[channel]
+        self._holds.pop(channel, None)
+        self._deliver(Control("deleted", channel))
+        return True
+
+    # ------------------------------------------------------------- subscribers
+
+    async def history(self, channel: str, after: str | None) -> History:
+        current = self._get(channel)
+        if current is None:
+            missed = after is not None and after != "0"
+            return History([], missed=missed, last_etag="0", exists=False)
+        last_etag = format_etag(current.last)
+        if after is None:
+            return History([], missed=False, last_etag=last_etag, exists=True)
+        live = [m for m in current.messages if not m.empty]
+        if after == "0":
+            return History(live, missed=False, last_etag=last_etag, exists=True)
+        key = etag_key(after)
+        retained = key is not None and any(m.key == key for m in current.messages)
+        given_out = retained or (
+            key is not None and current.first is not None and current.first <= key <= current.dropped
+        )
+        if not given_out or key is None:
+            return History(live, missed=True, last_etag=last_etag, exists=True)
+        return History(
+            [m for m in live if m.key > key],
+            missed=current.dropped_live > key,
+            last_etag=last_etag,
+            exists=True,
+        )
+
+    async def attach(self, channel: str, cid: str) -> None:
+        now = time.monotonic()
+        holds = self._holds.get(channel)
+        if holds is None:
+            holds = self._holds[channel] = _Holds()
+        current = self._channels.get(channel)
+        if current is not None and current.attrs.one2one:
+            holder = holds.holder(now)
+            if holder is not None and holder != cid:
+                raise Conflict(
+                    f"channel: {channel!r} is one2one and another client holds it",
+                    channel=channel,
+                )
+        entry = holds.clients.setdefault(cid, [0, 0.0])
+        entry[0] += 1
+        self._subscribers[channel] = self._subscribers.get(channel, 0) + 1
+
+    async def detach(self, channel: str, cid: str) -> None:
+        count = self._subscribers.get(channel, 0) - 1
+        if count > 0:
+            self._subscribers[channel] = count
+        else:
+            self._subscribers.pop(channel, None)
+        holds = self._holds.get(channel)
+        if holds is not None:
+            entry = holds.clients.get(cid)
+            if entry is not None:
+                entry[0] -= 1
+                if entry[0] <= 0:
+                    # Only a one2one channel keeps a hold past the last connection.
+                    current = self._channels.get(channel)
+                    if current is not None and current.attrs.one2one and self._hold > 0:
+                        entry[1] = time.monotonic() + self._hold
+                    else:
+                        del holds.clients[cid]
+            if not holds.clients:
+                del self._holds[channel]
+        self._maybe_drop(channel)
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def stats(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "channels": len(self._channels),
+            "messages": sum(len(c.messages) for c in self._channels.values()),
+            "published": self.published,
+        }

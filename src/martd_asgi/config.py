@@ -1,0 +1,137 @@
+"""Settings: one frozen dataclass, filled from ``MARTD_*`` variables and keywords.
+
+Every field is documented in ``FIELDS`` so that the configuration reference in
+docs/ is generated from this module and cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# name -> (environment variable, help text)
+FIELDS: dict[str, tuple[str, str]] = {
+    "backend": ("MARTD_BACKEND", "`memory`, or a `redis://` / `rediss://` URL"),
+    "allow": ("MARTD_ALLOW", "comma-separated addresses / CIDR blocks whose requests are servers"),
+    "trusted_proxies": (
+        "MARTD_TRUSTED_PROXIES",
+        "addresses / CIDR blocks whose `X-Forwarded-For` / `Forwarded` are believed",
+    ),
+    "secret": ("MARTD_SECRET", "server secret for `Authorization: Bearer`; also signs tokens"),
+    "private": ("MARTD_PRIVATE", "comma-separated channel-name patterns that need a subscribe grant"),
+    "cors_origins": ("MARTD_CORS_ORIGINS", "origins allowed from another origin (`*` for any)"),
+    "poll_timeout": ("MARTD_POLL_TIMEOUT", "seconds a long-poll waits at most"),
+    "ping": ("MARTD_PING", "seconds between keep-alives on streams"),
+    "max_payload": ("MARTD_MAX_PAYLOAD", "largest payload in bytes"),
+    "max_channels": ("MARTD_MAX_CHANNELS", "channels in one subscription"),
+    "hold": ("MARTD_HOLD", "seconds a one2one hold outlives its last connection"),
+    "demo": ("MARTD_DEMO", "`1` serves `/demo`, `0` does not"),
+    "sub_buffer_messages": (
+        "MARTD_SUB_BUFFER_MESSAGES",
+        "messages a subscriber may fall behind before it is disconnected",
+    ),
+    "sub_buffer_bytes": (
+        "MARTD_SUB_BUFFER_BYTES",
+        "bytes a subscriber may fall behind before it is disconnected",
+    ),
+    "sub_stall": (
+        "MARTD_SUB_STALL",
+        "seconds a subscriber's connection may stay blocked before it is disconnected",
+    ),
+    "grace": ("MARTD_GRACE", "seconds given to open connections to close on shutdown"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    backend: str = "memory"
+    allow: tuple[Network, ...] = (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+    )
+    trusted_proxies: tuple[Network, ...] = ()
+    secret: str | None = dataclasses.field(default=None, repr=False)
+    private: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    poll_timeout: float = 30.0
+    ping: float = 15.0
+    max_payload: int = 65536
+    max_channels: int = 64
+    hold: float = 30.0
+    demo: bool = True
+    sub_buffer_messages: int = 1000
+    sub_buffer_bytes: int = 4 * 1024 * 1024
+    sub_stall: float = 30.0
+    grace: float = 4.0
+
+    def __post_init__(self) -> None:
+        for name, low in (
+            ("poll_timeout", 1),
+            ("ping", 0.05),
+            ("max_payload", 1),
+            ("max_channels", 1),
+            ("hold", 0),
+            ("sub_buffer_messages", 1),
+            ("sub_buffer_bytes", 1),
+            ("sub_stall", 0.05),
+            ("grace", 0),
+        ):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} ({FIELDS[name][0]}): must be at least {low}")
+        if not (self.backend == "memory" or self.backend.startswith(("redis://", "rediss://"))):
+            raise ValueError(
+                "backend (MARTD_BACKEND): must be 'memory' or a redis:// / rediss:// URL"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``MARTD_*`` variables, then ``overrides`` (keyword form) on top."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (var, _) in FIELDS.items():
+            raw = env.get(var)
+            if raw is not None and raw.strip() != "":
+                values[name] = _coerce(name, raw, var)
+        for name, value in overrides.items():
+            if name not in FIELDS:
+                raise TypeError(f"unknown setting {name!r}")
+            values[name] = _coerce(name, value, name)
+        return cls(**values)
+
+
+def _split(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(part).strip() for part in value]
+
+
+def _coerce(name: str, value: Any, label: str) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    try:
+        if name in ("allow", "trusted_proxies"):
+            return tuple(ipaddress.ip_network(part, strict=False) for part in _split(value))
+        if name in ("private", "cors_origins"):
+            return tuple(_split(value))
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if name == "secret" and value is not None and str(value) == "":
+            return None
+        return None if value is None else str(value)
+    except ValueError:
+        raise ValueError(f"{label}: invalid value for {name}") from None

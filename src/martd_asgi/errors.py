@@ -1,0 +1,68 @@
+"""Errors as values: each condition is one small class with its HTTP status.
+
+    MartdError
+     ├── BadRequest        400  malformed input; the message names the field
+     ├── Unauthorized      401  a grant is needed and none (or an invalid one) was given
+     ├── Forbidden         403  not a server, wrong key, attribute change refused
+     ├── NotFound          404  no such channel
+     ├── Conflict          409  one2one channel held by another client
+     ├── Gone              410  the channel was deleted
+     ├── PayloadTooLarge   413
+     ├── TooManyRequests   429  rate or connection limit
+     └── Unavailable       503  the backend cannot be reached
+
+The HTTP layer turns any of them into ``{"error": message, ...extra}`` with
+the status, in one place (``transports/common.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MartdError(Exception):
+    status = 500
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, **self.extra}
+
+
+class BadRequest(MartdError):
+    status = 400
+
+
+class Unauthorized(MartdError):
+    status = 401
+
+
+class Forbidden(MartdError):
+    status = 403
+
+
+class NotFound(MartdError):
+    status = 404
+
+
+class Conflict(MartdError):
+    status = 409
+
+
+class Gone(MartdError):
+    status = 410
+
+
+class PayloadTooLarge(MartdError):
+    status = 413
+
+
+class TooManyRequests(MartdError):
+    status = 429
+
+
+class Unavailable(MartdError):
+    status = 503

@@ -1,0 +1,129 @@
+"""Long-poll (JSON) and JSONP: one answer with everything new, then the client asks again.
+
+A waiting poll costs a registered subscriber and nothing else: the publisher
+answers it directly, and the router's timer answers it empty at its deadline.
+For the common case (one channel, nothing missed) the answer is made once per
+message and shared by every poll it completes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..backends.base import Control
+from ..channels import History, Message
+from ..errors import MartdError
+from ..router import Subscriber
+from .common import Send, json_bytes, response_events
+
+JSON = b"application/json"
+JAVASCRIPT = b"application/javascript; charset=utf-8"
+NOSNIFF = [(b"x-content-type-options", b"nosniff")]
+EMPTY = json_bytes({"channels": {}})
+
+Group = dict[str, Any]
+
+
+def _group(channel: str, etag: str, messages: list[Message], missed: bool) -> Group:
+    return {"etag": etag, "messages": [m.as_json() for m in messages], "missed": missed}
+
+
+def _lp_events(msg: Message) -> list[dict[str, Any]]:
+    body = json_bytes({"channels": {msg.channel: _group(msg.channel, msg.etag, [msg], False)}})
+    return response_events(200, body, JSON, [(b"etag", f'"{msg.etag}"'.encode())])
+
+
+class LongPollSubscriber(Subscriber):
+    __slots__ = ()
+    transport = "longpoll"
+    stream = False
+
+    def respond(self, messages: list[Message], extra: dict[str, Group] | None = None) -> None:
+        missed = self.missed
+        if extra is None and len(messages) == 1 and not missed:
+            events = messages[0]._cache.get("lp")
+            if events is None:
+                events = messages[0]._cache["lp"] = _lp_events(messages[0])
+            self.finish(events)
+            return
+        groups: dict[str, Group] = dict(extra or {})
+        for msg in messages:
+            group = groups.get(msg.channel)
+            if group is None:
+                gone = bool(missed and msg.channel in missed)
+                if gone and missed is not None:
+                    missed.discard(msg.channel)
+                group = groups[msg.channel] = _group(msg.channel, msg.etag, [], gone)
+            group["messages"].append(msg.as_json())
+            group["etag"] = msg.etag
+        ordered = {c: groups[c] for c in self.channels if c in groups}
+        self.answer(200, {"channels": ordered}, ordered)
+
+    def answer(self, status: int, payload: dict[str, Any], groups: dict[str, Group]) -> None:
+        headers = []
+        if len(groups) == 1 and len(self.channels) == 1:
+            (group,) = groups.values()
+            headers.append((b"etag", f'"{group["etag"]}"'.encode()))
+        self.finish(response_events(status, json_bytes(payload), JSON, headers))
+
+    def tell(self, control: Control) -> None:
+        status = 409 if control.kind == "kicked" else 410
+        what = "another client took this one2one channel" if status == 409 else "deleted"
+        error = f"channel: {control.channel!r}: {what}"
+        self.answer(status, {"error": error, "type": control.kind, "channel": control.channel}, {})
+
+    def end(self, reason: str) -> None:
+        if reason == "slow":
+            self.abort()
+        else:
+            self.answer(200, {"channels": {}}, {})
+
+
+class JSONPSubscriber(LongPollSubscriber):
+    __slots__ = ("callback",)
+    transport = "jsonp"
+
+    def __init__(self, *args: Any, callback: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.callback = callback
+
+    def respond(self, messages: list[Message], extra: dict[str, Group] | None = None) -> None:
+        # Never the shared long-poll answer: the callback name is this client's.
+        super().respond(messages, extra if extra is not None else {})
+
+    def answer(self, status: int, payload: dict[str, Any], groups: dict[str, Group]) -> None:
+        if status != 200:
+            payload = {**payload, "status": status}
+        self.finish(jsonp_events(self.callback, payload))
+
+
+def jsonp_events(callback: str, payload: Any) -> list[dict[str, Any]]:
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    # U+2028/2029 are line breaks in older JavaScript engines
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return response_events(200, f"{callback}({text});".encode(), JAVASCRIPT, NOSNIFF)
+
+
+async def send_jsonp_error(send: Send, callback: str, error: MartdError) -> None:
+    for event in jsonp_events(callback, {**error.body(), "status": error.status}):
+        await send(event)
+
+
+async def begin(
+    sub: LongPollSubscriber, histories: list[History], *, deadline: float, router: Any
+) -> None:
+    """Answer at once with what is there, or wait (registered) until the deadline."""
+    extra: dict[str, Group] = {}
+    messages: list[Message] = []
+    for index, history in enumerate(histories):
+        channel = sub.channels[index]
+        fresh = sub.fresh(history.messages)
+        if history.missed and history.exists:
+            extra[channel] = _group(channel, history.last_etag, [], True)
+        messages.extend(fresh)
+    if messages or extra:
+        sub.respond(messages, extra)
+    await sub.drain()
+    if not sub.closed:
+        router.expire_at(sub, deadline)

@@ -1,0 +1,45 @@
+"""``/pub/{channel}``: push (POST), channel info (GET), drop (DELETE)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..channels import check_name, parse_push_attributes
+from ..errors import Forbidden, NotFound
+from .common import Receive, Request, Send, decode_payload, read_body, send_json
+
+if TYPE_CHECKING:
+    from ..application import MartdApp
+
+
+async def publish(app: MartdApp, request: Request, channel: str, receive: Receive, send: Send) -> None:
+    check_name(channel)
+    attrs = parse_push_attributes(request.query)
+    data = decode_payload(await read_body(receive, request.headers, app.settings.max_payload))
+    server = app.authority.is_server(request.scope, request.headers, request.query, channel)
+    if not server and attrs.key is None:
+        raise Forbidden(
+            "key: not a server; pushing needs the channel's key, a server address, "
+            "the secret or a token that grants publish",
+            field="key",
+        )
+    result = await app.backend.publish(channel, data, attrs, server=server)
+    app.counters["published"] += 1
+    await send_json(send, 201 if result.created else 200, result.body())
+
+
+async def info(app: MartdApp, request: Request, channel: str, send: Send) -> None:
+    check_name(channel)
+    app.require_server(request, channel)
+    found = await app.backend.info(channel)
+    if found is None:
+        raise NotFound(f"channel: {channel!r} does not exist", channel=channel)
+    await send_json(send, 200, found.body())
+
+
+async def delete(app: MartdApp, request: Request, channel: str, send: Send) -> None:
+    check_name(channel)
+    app.require_server(request, channel)
+    if not await app.backend.delete(channel):
+        raise NotFound(f"channel: {channel!r} does not exist", channel=channel)
+    await send_json(send, 200, {"channel": channel, "deleted": True})

@@ -1,0 +1,126 @@
+"""``/sub/{channels}``: one flow for every transport.
+
+Attach (one2one holds), register with the router, *then* read history, send
+it, and drain what arrived meanwhile, skipping what history already held: a
+message pushed while a subscriber connects is delivered exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..channels import History, etag_key
+from ..errors import MartdError, Unavailable
+from ..router import Subscriber
+from . import longpoll, sse
+from .common import Receive, Request, Send, Subscription, parse_subscription, send_error
+
+if TYPE_CHECKING:
+    from ..application import MartdApp
+
+
+def floor(given: str | None, history: History) -> tuple[int, int] | None:
+    """Dedupe starts at the given etag when history answered from it."""
+    if given is None or given == "0" or history.missed or not history.exists:
+        return None
+    key, newest = etag_key(given), etag_key(history.last_etag)
+    if key is None or newest is None:
+        return None
+    return min(key, newest)
+
+
+async def subscribe(
+    app: MartdApp, request: Request, spec: str, receive: Receive, send: Send
+) -> None:
+    try:
+        req = parse_subscription(
+            request,
+            spec,
+            max_channels=app.settings.max_channels,
+            poll_timeout=app.settings.poll_timeout,
+        )
+        app.authority.check_subscribe(request.scope, request.headers, request.query, req.channels)
+        if app.closing:
+            raise Unavailable("server: shutting down; reconnect", retry_after=1)
+    except MartdError as error:
+        await app.refuse(request, send, error)
+        return
+    if req.transport == "websocket":
+        await app.websocket(app, request, req, receive, send)
+        return
+    await run(app, request, req, receive, send)
+
+
+async def attach(app: MartdApp, req: Subscription) -> list[str]:
+    attached: list[str] = []
+    try:
+        for channel in req.channels:
+            await app.backend.attach(channel, req.cid)
+            attached.append(channel)
+    except BaseException:
+        await detach(app, req, attached)
+        raise
+    return attached
+
+
+async def detach(app: MartdApp, req: Subscription, attached: list[str]) -> None:
+    for channel in attached:
+        try:
+            await app.backend.detach(channel, req.cid)
+        except Exception:  # the backend is away; its holds expire on their own
+            app.log.warning("could not detach from %s", channel, exc_info=True)
+
+
+async def histories(app: MartdApp, sub: Subscriber, req: Subscription) -> list[History]:
+    out = []
+    for index, channel in enumerate(req.channels):
+        given = req.etags[index]
+        history = await app.backend.history(channel, given)
+        start = floor(given, history)
+        if start is not None:
+            sub.last[index] = start
+        if history.missed and not history.exists:
+            if sub.missed is None:
+                sub.missed = set()
+            sub.missed.add(channel)
+        out.append(history)
+    return out
+
+
+async def run(app: MartdApp, request: Request, req: Subscription, receive: Receive, send: Send) -> None:
+    try:
+        attached = await attach(app, req)
+    except MartdError as error:
+        await app.refuse(request, send, error)
+        return
+    sub: Any
+    if req.transport == "sse":
+        sub = sse.SSESubscriber(send, req.channels, req.cid, app.router)
+    elif req.transport == "jsonp":
+        sub = longpoll.JSONPSubscriber(
+            send, req.channels, req.cid, app.router, callback=req.callback
+        )
+    else:
+        sub = longpoll.LongPollSubscriber(send, req.channels, req.cid, app.router)
+    app.router.add(sub)
+    try:
+        try:
+            found = await histories(app, sub, req)
+        except MartdError as error:
+            sub.closed = True
+            app.router.remove(sub)
+            await app.refuse(request, send, error)
+            return
+        if req.transport == "sse":
+            await sse.begin(sub, found, send)
+        else:
+            deadline = time.monotonic() + req.timeout
+            await longpoll.begin(sub, found, deadline=deadline, router=app.router)
+        await sub.wait(receive)
+    finally:
+        app.router.remove(sub)
+        await detach(app, req, attached)
+
+
+__all__ = ["send_error", "subscribe"]

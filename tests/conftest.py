@@ -1,0 +1,215 @@
+"""Shared harness: real uvicorn servers on loopback, parametrised backends, required parts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from martd_asgi import create_app
+
+BACKENDS = ["memory"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def require(part: str, available: bool, why: str) -> None:
+    """Skip when a part is missing, or fail when CI says it is required."""
+    if available:
+        return
+    if os.environ.get(f"MARTD_REQUIRE_{part.upper()}") == "1" or os.environ.get("CI") == "true":
+        pytest.fail(f"{part} is required here but not available: {why}")
+    pytest.skip(f"{part} not available: {why}")
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class ServerThread:
+    """A real uvicorn server, in a thread of its own, on a free loopback port."""
+
+    def __init__(self, app: Any, **config: Any) -> None:
+        self.app = app
+        self.sock = free_socket()
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        options = {"log_level": "warning", "lifespan": "on", "ws_ping_interval": None} | config
+        self.server = uvicorn.Server(uvicorn.Config(app, **options))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve(sockets=[self.sock])
+
+        asyncio.run(serve())
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def server_loop(self) -> asyncio.AbstractEventLoop:
+        """The server's event loop, for running coroutines in it from a test."""
+        return self.loop
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def running(app: Any, **config: Any) -> Iterator[ServerThread]:
+    server = ServerThread(app, **config).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+MOUNTS = ["root", "mounted"]
+
+
+@pytest.fixture(params=MOUNTS)
+def mount(request: pytest.FixtureRequest) -> str:
+    """``root``: martd is the app (``uvicorn martd_asgi:app``); ``mounted``: it is
+    mounted at /martd in a Starlette app, as a site would do."""
+    return str(request.param)
+
+
+def mounted_app(martd: Any, prefix: str = "/martd") -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        async with martd.lifespan():
+            yield
+
+    async def home(_: Any) -> PlainTextResponse:
+        return PlainTextResponse("the site")
+
+    return Starlette(routes=[Route("/", home), Mount(prefix, app=martd)], lifespan=lifespan)
+
+
+@pytest.fixture
+def make_server(backend_url: str, mount: str) -> Iterator[Callable[..., ServerThread]]:
+    """Start a martd server with these settings (torn down after the test).
+
+    Its ``url`` is where martd answers: the root, or /martd when mounted.
+    """
+    started: list[ServerThread] = []
+
+    def make(**settings: Any) -> ServerThread:
+        settings.setdefault("backend", backend_url)
+        martd = create_app(**settings)
+        if mount == "mounted":
+            server = ServerThread(mounted_app(martd)).start()
+            server.url += "/martd"
+        else:
+            server = ServerThread(martd).start()
+        server.martd = martd  # type: ignore[attr-defined]
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., ServerThread]) -> ServerThread:
+    return make_server()
+
+
+@pytest.fixture
+async def client(server: ServerThread) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+        yield c
+
+
+class SSE:
+    """Reads events from a streaming httpx response."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.lines = self._lines()
+        self.retry: int | None = None
+
+    async def _lines(self) -> AsyncIterator[str]:
+        # SSE breaks lines at CR, LF and CRLF only (not at U+2028 as str.splitlines does)
+        buffer = ""
+        async for text in self.response.aiter_text():
+            buffer += text.replace("\r\n", "\n").replace("\r", "\n")
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                yield line
+
+    async def next(self, timeout: float = 5.0) -> dict[str, str]:
+        """The next event with data: {"event", "id", "data"}; comments are skipped."""
+        event: dict[str, Any] = {}
+        data: list[str] = []
+        async with asyncio.timeout(timeout):
+            async for line in self.lines:
+                if line == "":
+                    if data or "event" in event:
+                        event["data"] = "\n".join(data)
+                        return event
+                    continue
+                if line.startswith(":"):
+                    continue
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "data":
+                    data.append(value)
+                elif name == "retry":
+                    self.retry = int(value)
+                else:
+                    event[name] = value
+        raise EOFError("stream ended")
+
+
+@contextlib.asynccontextmanager
+async def sse(
+    client: httpx.AsyncClient, path: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[SSE]:
+    hdrs = {"accept": "text/event-stream"} | (headers or {})
+    async with client.stream("GET", path, headers=hdrs) as response:
+        assert response.status_code == 200, await response.aread()
+        yield SSE(response)
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)

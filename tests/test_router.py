@@ -1,0 +1,106 @@
+"""The router's direct send: no task for a healthy subscriber, order kept for a parked one."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from martd_asgi.backends.base import Control
+from martd_asgi.channels import Message
+from martd_asgi.router import Router
+from martd_asgi.transports.sse import SSESubscriber
+
+pytestmark = pytest.mark.anyio
+
+
+class Socket:
+    """A fake ASGI send whose 'socket' can be made to block."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def send(self, event: dict[str, Any]) -> None:
+        if not self.open.is_set():
+            await self.open.wait()
+        self.sent.append(event.get("body", b""))
+
+
+def message(n: int, channel: str = "c") -> Message:
+    return Message(channel, (1000, n), f"m{n}", expires=1e12)
+
+
+async def live(router: Router, socket: Socket, channels: list[str] = ["c"]) -> SSESubscriber:
+    sub = SSESubscriber(socket.send, channels, "cid", router)
+    router.add(sub)
+    await sub.drain()
+    return sub
+
+
+async def test_router_healthy_delivery_creates_no_task() -> None:
+    router = Router()
+    socket = Socket()
+    sub = await live(router, socket)
+    before = len(asyncio.all_tasks())
+    for n in range(1, 50):
+        router.deliver(message(n))
+    assert len(asyncio.all_tasks()) == before
+    assert sub.task is None and not sub.busy
+    assert socket.sent == [f"id: 1000-{n}\ndata: m{n}\n\n".encode() for n in range(1, 50)]
+
+
+async def test_router_parks_a_blocked_subscriber_and_keeps_order() -> None:
+    router = Router()
+    fast, slow = Socket(), Socket()
+    await live(router, fast)
+    slow_sub = await live(router, slow)
+    slow.open.clear()
+    for n in range(1, 6):
+        router.deliver(message(n))
+    assert len(fast.sent) == 5  # the publisher never waited for the slow one
+    assert slow_sub.busy and slow_sub in router.parked and slow.sent == []
+    slow.open.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert slow.sent == fast.sent
+    assert not slow_sub.busy and slow_sub not in router.parked
+
+
+async def test_router_cuts_a_subscriber_whose_backlog_overflows() -> None:
+    router = Router(max_backlog=3)
+    stuck = Socket()
+    stuck.open.clear()
+    sub = await live(router, stuck)
+    for n in range(1, 10):
+        router.deliver(message(n))
+    assert sub.closed and router.counters["dropped_slow"] == 1
+    assert "c" not in router.by_channel
+
+
+async def test_router_dedupes_by_etag_while_busy() -> None:
+    router = Router()
+    socket = Socket()
+    sub = SSESubscriber(socket.send, ["c"], "cid", router)
+    router.add(sub)
+    router.deliver(message(1))  # arrives while history is being sent
+    router.deliver(message(2))
+    for msg in sub.fresh([message(1)]):  # history held message 1 already
+        await socket.send({"body": b"history " + msg.etag.encode()})
+    await sub.drain()
+    assert socket.sent == [b"history 1000-1", b"id: 1000-2\ndata: m2\n\n"]
+
+
+async def test_router_kick_spares_the_holder() -> None:
+    router = Router()
+    keep_socket, other_socket = Socket(), Socket()
+    keep = SSESubscriber(keep_socket.send, ["c"], "keep", router)
+    other = SSESubscriber(other_socket.send, ["c"], "other", router)
+    for sub in (keep, other):
+        router.add(sub)
+        await sub.drain()
+    router.deliver(Control("kicked", "c", keep="keep"))
+    assert not keep.closed and other.closed
+    assert b'"kicked"' in other_socket.sent[0]
