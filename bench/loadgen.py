@@ -31,7 +31,10 @@ import json
 import os
 import re
 import resource
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -97,6 +100,43 @@ def server_memory(pid: int) -> tuple[int, int]:
 def own_cpu() -> float:
     t = os.times()
     return t.user + t.system
+
+
+class Profiler:
+    """py-spy over the server during the measured phase only (--profile FILE)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if not self.args.profile:
+            return
+        self.proc = subprocess.Popen(
+            [
+                self.args.py_spy,
+                "record",
+                "--pid",
+                str(self.args.pid),
+                "--subprocesses",
+                "--nonblocking",
+                "--rate",
+                str(self.args.profile_rate),
+                "--format",
+                "raw",
+                "--output",
+                self.args.profile,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # py-spy finds the interpreter before it samples
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=60)
+            self.proc = None
 
 
 # -- bookkeeping shared by all clients of one scenario --------------------------------
@@ -198,6 +238,7 @@ class Subscriber(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.streaming = False
+        self.lost_connection = False
         self.seen = bytearray(64)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -205,6 +246,7 @@ class Subscriber(asyncio.Protocol):
         transport.write(self.request)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_connection = True
         if not self.tally.closing:
             self.tally.closed += 1
 
@@ -521,11 +563,13 @@ async def scenario_idle(args: argparse.Namespace) -> dict[str, Any]:
     names = [f"{args.prefix}-idle-{k}" for k in range(channels)]
     await asyncio.sleep(0.5)
     pss0, rss0 = server_memory(args.pid)
+    args.profiler.start()
     cpu0 = server_cpu(args.pid)
     t0 = time.perf_counter()
     subs = await connect_subscribers(args, tally, n, lambda i: names[i % channels])
     wall = time.perf_counter() - t0
     cpu1 = server_cpu(args.pid)
+    args.profiler.stop()
     await asyncio.sleep(args.settle)
     pss1, rss1 = server_memory(args.pid)
     connected = len(subs)
@@ -561,6 +605,7 @@ async def scenario_fanout(args: argparse.Namespace) -> dict[str, Any]:
     await pub.push(channel, 0)
     await await_or_note(done, args.timeout, tally, "message 0")
     latencies = []
+    args.profiler.start()
     own0, cpu0 = own_cpu(), server_cpu(args.pid)
     for seq in range(1, args.pushes + 1):
         done = tally.wait_message(seq)
@@ -571,6 +616,7 @@ async def scenario_fanout(args: argparse.Namespace) -> dict[str, Any]:
         latencies.append((tally.done_at[seq] - t0) * 1e3)
     cpu = server_cpu(args.pid) - cpu0
     own = own_cpu() - own0
+    args.profiler.stop()
     deliveries = len(subs) * len(latencies)
     result = {
         "subscribers": len(subs),
@@ -606,6 +652,7 @@ async def scenario_throughput(args: argparse.Namespace) -> dict[str, Any]:
     tally.read_interval = args.read_interval
     tally.per_message = False
     resumer = asyncio.ensure_future(tally.resume_periodically()) if args.read_interval else None
+    args.profiler.start()
     own0, cpu0 = own_cpu(), server_cpu(args.pid)
     t0 = time.perf_counter()
     stop_at = t0 + args.duration
@@ -630,6 +677,7 @@ async def scenario_throughput(args: argparse.Namespace) -> dict[str, Any]:
     t_all = time.perf_counter() - t0
     cpu = server_cpu(args.pid) - cpu0
     own = own_cpu() - own0
+    args.profiler.stop()
     if resumer is not None:
         resumer.cancel()
     deliveries = tally.delivered - len(subs)  # message 0 is not measured
@@ -658,6 +706,7 @@ async def scenario_latency(args: argparse.Namespace) -> dict[str, Any]:
     subs = await connect_subscribers(args, tally, 1, lambda i: channel)
     pub = Publisher(await HTTPConnection.open(args.port), tally, args.size)
     latencies = []
+    args.profiler.start()
     cpu0 = server_cpu(args.pid)
     for seq in range(args.pushes):
         done = tally.wait_message(seq)
@@ -667,6 +716,7 @@ async def scenario_latency(args: argparse.Namespace) -> dict[str, Any]:
             break
         latencies.append((tally.done_at[seq] - t0) * 1e3)
     cpu = server_cpu(args.pid) - cpu0
+    args.profiler.stop()
     result = {
         "pushes": args.pushes,
         "p50_ms": percentile(latencies, 50),
@@ -675,6 +725,113 @@ async def scenario_latency(args: argparse.Namespace) -> dict[str, Any]:
         "messages": args.pushes,
     }
     result.update(loss_report(tally, subs, list(range(args.pushes))))
+    return result
+
+
+class StalledSubscriber(Subscriber):
+    """Reads its response head, then nothing until resume(); then it notes what it gets.
+
+    Once resumed it must either be closed by the server (cut: it would resume by
+    etag) or receive every message; anything else is a subscriber that was
+    silently forgotten.
+    """
+
+    def __init__(self, tally: Tally, request: bytes, expect: bytes) -> None:
+        super().__init__(tally, request)
+        self.expect = expect
+        self.got: set[int] = set()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.streaming:
+            rest = self.headers(data, self.expect)
+            if self.streaming and self.transport is not None:
+                self.transport.pause_reading()
+            data = rest or b""
+        # A sequence number is at most 12 bytes: keep that much for the next read.
+        buf = self.buf + data
+        self.got.update(int(m) for m in SEQ.findall(buf))
+        self.buf = buf[-12:]
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+async def connect_stalled(
+    args: argparse.Namespace, tally: Tally, k: int, channel: str
+) -> list[Subscriber]:
+    """Subscribers that read their response head and then nothing, with small socket buffers."""
+    loop = asyncio.get_running_loop()
+    expect = b"101" if args.transport == "ws" else b"200"
+    subs = []
+    ready = tally.wait_ready(tally.ready + k)
+    for _ in range(k):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (HOST, args.port))
+        sub = StalledSubscriber(tally, subscribe_request(channel, args.transport), expect)
+        await loop.create_connection(lambda sub=sub: sub, sock=sock)
+        subs.append(sub)
+    await await_or_note(ready, args.timeout, tally, "the stalled subscribers' response heads")
+    return subs
+
+
+async def scenario_slow(args: argparse.Namespace) -> dict[str, Any]:
+    """Readers and stalled subscribers on one channel; the publisher must not notice the stalled."""
+    n, k = args.n, args.stalled
+    tally = Tally(n)
+    channel = f"{args.prefix}-slow"
+    readers = await connect_subscribers(args, tally, n, lambda i: channel)
+    tally.expect = len(readers)
+    stalled = await connect_stalled(args, tally, k, channel)
+    pub = Publisher(await HTTPConnection.open(args.port), tally, args.size)
+    pss0, _ = server_memory(args.pid)
+    pushed_at: dict[int, float] = {}
+    push_ms = []
+    args.profiler.start()
+    cpu0 = server_cpu(args.pid)
+    t0 = time.perf_counter()
+    for seq in range(args.pushes):
+        t = pushed_at[seq] = time.perf_counter()
+        await pub.push(channel, seq)
+        push_ms.append((time.perf_counter() - t) * 1e3)
+    t_pub = time.perf_counter() - t0
+    pss1, _ = server_memory(args.pid)
+    await await_or_note(
+        tally.wait_message(args.pushes - 1), args.timeout, tally, "the readers' last message"
+    )
+    cpu = server_cpu(args.pid) - cpu0
+    args.profiler.stop()
+    # The stalled ones read again: each must be cut, or get everything.
+    for sub in stalled:
+        sub.resume()
+    deadline = time.perf_counter() + 5
+    while time.perf_counter() < deadline and not all(
+        s.lost_connection or len(s.got) == args.pushes for s in stalled
+    ):
+        await asyncio.sleep(0.05)
+    cut = sum(s.lost_connection for s in stalled)
+    complete = sum(len(s.got) == args.pushes and not s.lost_connection for s in stalled)
+    delivery_ms = [(tally.done_at[s] - pushed_at[s]) * 1e3 for s in tally.done_at]
+    result = {
+        "readers": len(readers),
+        "stalled": len(stalled),
+        "pushes": args.pushes,
+        "pushes_per_s": args.pushes / t_pub,
+        "push_p99_ms": percentile(push_ms, 99),
+        "push_max_ms": max(push_ms),
+        "p99_ms": percentile(delivery_ms, 99),
+        "server_pss_growth_mib": (pss1 - pss0) / 1024,
+        "stalled_closed_by_server": cut,
+        "stalled_got_everything": complete,
+        # neither cut nor caught up: the server stopped sending without closing
+        "stalled_forgotten": len(stalled) - cut - complete,
+        "server_cpu_s": cpu,
+        "messages": args.pushes,
+    }
+    result.update(loss_report(tally, readers, list(range(args.pushes))))
+    result["closed_by_server"] = sum(s.lost_connection for s in readers)  # readers only
     return result
 
 
@@ -782,6 +939,7 @@ async def scenario_longpoll(args: argparse.Namespace) -> dict[str, Any]:
             break
         await asyncio.sleep(0.05)
     latencies = []
+    args.profiler.start()
     own0, cpu0 = own_cpu(), server_cpu(args.pid)
     for seq in range(1, args.pushes + 1):
         done = tally.wait_message(seq)
@@ -792,6 +950,7 @@ async def scenario_longpoll(args: argparse.Namespace) -> dict[str, Any]:
         latencies.append((tally.done_at[seq] - t0) * 1e3)
     cpu = server_cpu(args.pid) - cpu0
     own = own_cpu() - own0
+    args.profiler.stop()
     deliveries = n * len(latencies)
     tally.closing = True
     for t in tasks:
@@ -819,6 +978,7 @@ SCENARIOS = {
     "throughput": scenario_throughput,
     "latency": scenario_latency,
     "longpoll": scenario_longpoll,
+    "slow": scenario_slow,
 }
 
 
@@ -844,6 +1004,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="throughput: seconds")
     parser.add_argument("--publishers", type=int, default=16)
     parser.add_argument("--size", type=int, default=64, help="payload bytes")
+    parser.add_argument(
+        "--stalled", type=int, default=5, help="slow: subscribers that stop reading"
+    )
     parser.add_argument("--channels", type=int, default=1, help="idle: channels to spread over")
     parser.add_argument(
         "--read-interval",
@@ -853,8 +1016,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--settle", type=float, default=1.0, help="idle: seconds before memory")
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--profile", help="record the server with py-spy during the measured phase")
+    parser.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--py-spy", default="py-spy", help="the py-spy executable")
     parser.add_argument("--prefix", default=f"b{os.getpid()}-{int(time.time()) % 100000}")
     args = parser.parse_args(argv)
+    args.profiler = Profiler(args)
     raise_nofile(args.n + args.publishers)
     try:
         import uvloop
