@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import shlex
 import shutil
@@ -89,6 +90,13 @@ CASES = [
         ("martd", "nchan", "martd-redis"),
     ),
     Case(
+        "slow",
+        "slow",
+        {"n": 50, "stalled": 5, "pushes": 3000, "size": 4096},
+        {"n": 20, "stalled": 2, "pushes": 1000, "size": 4096},
+        ("martd", "nchan", "martd-ws", "martd-redis"),
+    ),
+    Case(
         "latency",
         "latency",
         {"pushes": 1000},
@@ -130,6 +138,21 @@ FIGURES = [
         "deliveries_per_cpu_s",
         "long-poll {n} clients: deliveries / server CPU-s",
         "{:,.0f}",
+    ),
+    ("slow", "push_p99_ms", "slow subscribers ({stalled} stop reading): push p99, ms", "{:.1f}"),
+    ("slow", "p99_ms", "slow subscribers: push to last reader p99, ms", "{:.1f}"),
+    ("slow", "server_pss_growth_mib", "slow subscribers: server memory growth, MiB", "{:.1f}"),
+    (
+        "slow",
+        "stalled_closed_by_server",
+        "slow subscribers: stalled ones cut by the server",
+        "{:.0f}",
+    ),
+    (
+        "slow",
+        "stalled_forgotten",
+        "slow subscribers: stalled ones neither cut nor caught up",
+        "{:.0f}",
     ),
     ("latency", "p50_ms", "latency, 1 sub: push to receive p50, ms", "{:.2f}"),
     ("latency", "p99_ms", "latency, 1 sub: push to receive p99, ms", "{:.2f}"),
@@ -364,6 +387,7 @@ class Results:
     runs: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    load: list[float] = field(default_factory=lambda: [os.getloadavg()[0]])
 
     def add(self, case: str, variant: str, result: dict[str, Any]) -> None:
         self.runs.setdefault((case, variant), []).append(result)
@@ -390,6 +414,10 @@ def loadgen(
     ]
     for key, value in params.items():
         cmd += ["-n" if key == "n" else f"--{key}", str(value)]
+    if opts.profile and variant != "nchan":
+        opts.profile.mkdir(parents=True, exist_ok=True)
+        out = opts.profile / f"{case.key}-{variant}-{repeat + 1}.txt"
+        cmd += ["--profile", str(out), "--py-spy", opts.py_spy]
     proc = subprocess.run(
         cmd, check=False, capture_output=True, text=True, timeout=600, preexec_fn=raise_nofile
     )
@@ -486,11 +514,17 @@ def case_n(opts: argparse.Namespace, key: str) -> Any:
     return (case.quick if opts.quick else case.full).get("n", 1)
 
 
+def label_of(opts: argparse.Namespace, key: str, label: str) -> str:
+    case = next(c for c in CASES if c.key == key)
+    params = case.quick if opts.quick else case.full
+    return label.format(n=f"{params.get('n', 1):,}", stalled=params.get("stalled", ""))
+
+
 def table(opts: argparse.Namespace, res: Results) -> list[str]:
     lines = ["| figure | martd | Nchan | ratio |", "|---|---:|---:|---:|"]
     extra: list[str] = []
     for case, key, label, spec in FIGURES:
-        text = label.format(n=f"{case_n(opts, case):,}")
+        text = label_of(opts, case, label)
         m = median([r.get(key) for r in res.runs.get((case, "martd"), [])])
         n = median([r.get(key) for r in res.runs.get((case, "nchan"), [])])
         if m is not None or n is not None:
@@ -554,7 +588,7 @@ TARGETS = [
 def targets(opts: argparse.Namespace, res: Results) -> list[str]:
     lines = []
     for text, case, key, variant, base, op, bound in TARGETS:
-        text = text.format(n=f"{case_n(opts, case):,}")
+        text = label_of(opts, case, text)
         r = paired_ratio(res, case, key, variant, base)
         if r is None:
             lines.append(f"- {text}: not measured")
@@ -564,11 +598,23 @@ def targets(opts: argparse.Namespace, res: Results) -> list[str]:
     cpu = median([r.get("server_cpu_us_per_connect") for r in res.runs.get(("idle", "martd"), [])])
     if cpu is not None:
         lines.append(
-            f"- idle: server CPU per connect ≤ 200 µs: {cpu:.0f} µs — {'met' if cpu <= 200 else 'NOT met'}"
+            f"- idle {case_n(opts, 'idle'):,}: server CPU per connect ≤ 200 µs: {cpu:.0f} µs — {'met' if cpu <= 200 else 'NOT met'}"
+        )
+    slow = res.runs.get(("slow", "martd"), [])
+    if slow:
+        worst = max(r.get("push_max_ms", 0) for r in slow)
+        forgotten = sum(r.get("stalled_forgotten", 0) for r in slow)
+        ok = worst < 1000 and forgotten == 0
+        lines.append(
+            f"- a slow subscriber never stalls the publisher (slowest push {worst:.0f} ms) "
+            f"nor is silently forgotten ({forgotten} stalled subscribers neither cut nor "
+            f"caught up): {'met' if ok else 'NOT met'}"
         )
     runs = [r for (c, v), rs in res.runs.items() if v.startswith("martd") for r in rs]
     if runs:
-        bad = sum(r.get("lost", 0) + r.get("duplicated", 0) for r in runs)
+        bad = sum(
+            r.get("lost", 0) + r.get("duplicated", 0) + r.get("stalled_forgotten", 0) for r in runs
+        )
         lines.append(
             f"- zero lost or duplicated messages (martd, every scenario): "
             f"{'met' if bad == 0 else f'NOT met ({bad})'}"
@@ -616,8 +662,12 @@ def versions(opts: argparse.Namespace) -> str:
 
 
 def report(opts: argparse.Namespace, res: Results, started: datetime.datetime, command: str) -> str:
+    load = " → ".join(f"{a:.1f}" for a in res.load)
     out = [
-        f"Measured {started:%Y-%m-%d %H:%M} UTC on {machine()}.",
+        (
+            f"Measured {started:%Y-%m-%d %H:%M} UTC on {machine()}; "
+            f"load average (1 min) {load} from start to end."
+        ),
         f"Servers: {versions(opts)}.",
         (
             f"Command: `{command}` — {'quick sizes, ' if opts.quick else ''}"
@@ -635,6 +685,30 @@ def report(opts: argparse.Namespace, res: Results, started: datetime.datetime, c
     ]
     if notes:
         out += ["", "Notes:", "", *notes]
+    return "\n".join(out) + "\n"
+
+
+def profile_summary(path: Path, top: int = 25) -> str:
+    """Self and inclusive time per function (lines merged) of a py-spy raw profile."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    out = [f"{path.name}: {total} samples", "", "self:"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"{n / max(1, total):6.1%}  {frame}")
+    out += ["", "inclusive:"]
+    for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"{n / max(1, total):6.1%}  {frame}")
     return "\n".join(out) + "\n"
 
 
@@ -660,11 +734,21 @@ def main(argv: list[str] | None = None) -> int:
         "--martd-app", default="martd_asgi:app", help="ASGI app uvicorn serves as martd"
     )
     parser.add_argument("--redis-url", default=REDIS_URL)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record martd with py-spy during each measured phase; profiles and summaries go to DIR",
+    )
     parser.add_argument("--json", type=Path, help="also write every raw result here")
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
     opts = parser.parse_args(argv)
     if opts.repeat is None:
         opts.repeat = 1 if opts.quick else 3
+    if opts.profile:
+        opts.py_spy = shutil.which("py-spy") or str(Path(opts.python).parent / "py-spy")
+        if not os.path.exists(opts.py_spy):
+            parser.error("--profile needs py-spy: pip install py-spy")
     raise_nofile()
     started = datetime.datetime.now(datetime.timezone.utc)
     command = "python bench/run.py" + "".join(
@@ -676,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     except ServerFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    res.load.append(os.getloadavg()[0])
     text = report(opts, res, started, command)
     print(text)
     if opts.output:
@@ -695,6 +780,13 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 indent=1,
             )
+        )
+    if opts.profile:
+        for path in sorted(opts.profile.glob("*.txt")):
+            if not path.name.endswith(".top.txt"):
+                path.with_suffix(".top.txt").write_text(profile_summary(path))
+        print(
+            f"profiles: {opts.profile}/*.txt (py-spy raw), summaries in *.top.txt", file=sys.stderr
         )
     shutil.rmtree(logdir, ignore_errors=True)
     return 0
