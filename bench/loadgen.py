@@ -386,9 +386,11 @@ class HTTPConnection(asyncio.Protocol):
 
     def request(self, raw: bytes) -> asyncio.Future[tuple[int, bytes, bytes, bytes]]:
         """Send raw; resolves to (status, head, lowercased head, body)."""
-        assert self.transport is not None
         self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(raw)
+        if self.transport is None or self.transport.is_closing():
+            self.waiter.set_exception(ConnectionError("connection closed by server"))
+        else:
+            self.transport.write(raw)
         return self.waiter
 
     def data_received(self, data: bytes) -> None:
@@ -483,9 +485,13 @@ class Publisher:
 
     async def push(self, channel: str, seq: int, accept_json: bool = False) -> bytes | None:
         """Push message seq; its answer's body, or None (and an error noted) when refused."""
-        status, head, _, body = await self.conn.request(
-            publish_request(channel, payload(seq, self.size), accept_json)
-        )
+        try:
+            status, head, _, body = await self.conn.request(
+                publish_request(channel, payload(seq, self.size), accept_json)
+            )
+        except ConnectionError as e:
+            self.tally.error(f"push {seq}: {e}")
+            return None
         if not 200 <= status < 300:
             self.tally.error(f"push {seq}: {status_line(head)} {body[:200]!r}")
             return None
@@ -610,7 +616,8 @@ async def scenario_fanout(args: argparse.Namespace) -> dict[str, Any]:
     for seq in range(1, args.pushes + 1):
         done = tally.wait_message(seq)
         t0 = time.perf_counter()
-        await pub.push(channel, seq)
+        if await pub.push(channel, seq) is None:
+            break
         if not await await_or_note(done, args.timeout, tally, f"message {seq}"):
             break
         latencies.append((tally.done_at[seq] - t0) * 1e3)
@@ -662,12 +669,9 @@ async def scenario_throughput(args: argparse.Namespace) -> dict[str, Any]:
         while time.perf_counter() < stop_at:
             seq = next_seq
             next_seq += 1
-            try:
-                if await pub.push(channel, seq) is not None:
-                    acked.append(seq)
-            except ConnectionError as e:
-                tally.error(f"publisher: {e}")
+            if await pub.push(channel, seq) is None:
                 return
+            acked.append(seq)
 
     await asyncio.gather(*(publish_loop(p) for p in publishers))
     t_pub = time.perf_counter() - t0
@@ -711,7 +715,8 @@ async def scenario_latency(args: argparse.Namespace) -> dict[str, Any]:
     for seq in range(args.pushes):
         done = tally.wait_message(seq)
         t0 = time.perf_counter()
-        await pub.push(channel, seq)
+        if await pub.push(channel, seq) is None:
+            break
         if not await await_or_note(done, args.timeout, tally, f"message {seq}"):
             break
         latencies.append((tally.done_at[seq] - t0) * 1e3)
@@ -794,7 +799,8 @@ async def scenario_slow(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     for seq in range(args.pushes):
         t = pushed_at[seq] = time.perf_counter()
-        await pub.push(channel, seq)
+        if await pub.push(channel, seq) is None:
+            break
         push_ms.append((time.perf_counter() - t) * 1e3)
     t_pub = time.perf_counter() - t0
     pss1, _ = server_memory(args.pid)
@@ -820,7 +826,7 @@ async def scenario_slow(args: argparse.Namespace) -> dict[str, Any]:
         "pushes": args.pushes,
         "pushes_per_s": args.pushes / t_pub,
         "push_p99_ms": percentile(push_ms, 99),
-        "push_max_ms": max(push_ms),
+        "push_max_ms": max(push_ms, default=float("nan")),
         "p99_ms": percentile(delivery_ms, 99),
         "server_pss_growth_mib": (pss1 - pss0) / 1024,
         "stalled_closed_by_server": cut,
@@ -944,7 +950,8 @@ async def scenario_longpoll(args: argparse.Namespace) -> dict[str, Any]:
     for seq in range(1, args.pushes + 1):
         done = tally.wait_message(seq)
         t0 = time.perf_counter()
-        await pub.push(channel, seq)
+        if await pub.push(channel, seq) is None:
+            break
         if not await await_or_note(done, args.timeout, tally, f"message {seq}"):
             break
         latencies.append((tally.done_at[seq] - t0) * 1e3)

@@ -248,7 +248,7 @@ def start_martd(opts: argparse.Namespace, variant: str, logdir: Path) -> Server:
     port = free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "src"), str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        [str(opts.src), str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     )
     env.setdefault("MARTD_DEMO", "0")
     workers = "1"
@@ -536,7 +536,8 @@ def table(opts: argparse.Namespace, res: Results) -> list[str]:
                 continue
             ratio = paired_ratio(res, case, key, variant)
             extra.append(
-                f"| {VARIANT_LABEL[variant]}: {text} | {fmt(v, spec)} | {fmt(n, spec)} (SSE) | "
+                f"| {VARIANT_LABEL[variant]}: {text} | {fmt(v, spec)} | "
+                f"{fmt(n, spec) + ' (SSE)' if n is not None else '—'} | "
                 f"{fmt(ratio, '{:.2f}')} |"
             )
     ws_cost = paired_ratio(res, "fanout10k", "server_cpu_us_per_delivery", "martd-ws", "martd")
@@ -732,6 +733,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--martd-app", default="martd_asgi:app", help="ASGI app uvicorn serves as martd"
+    )
+    parser.add_argument(
+        "--src",
+        type=Path,
+        default=ROOT / "src",
+        help="import martd_asgi from here (e.g. another checkout, to compare versions)",
     )
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument(
