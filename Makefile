@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	@echo "martd: open http://$(HOST):$(PORT)/demo"
-	MARTD_BACKEND=memory MARTD_DEMO=1 $(VENV)/bin/uvicorn martd_asgi:app --host $(HOST) --port $(PORT)
+	@echo "martd: open http://$(HOST):$(PORT)/martd/demo"
+	MARTD_BACKEND=memory MARTD_DEMO=1 $(VENV)/bin/martd serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest

@@ -131,3 +131,17 @@ async def test_sigterm_ends_streams_and_exits_quickly() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_etags_not_reused_after_restart() -> None:
+    from martd_asgi.channels import etag_key
+
+    seen: list[str] = []
+    for _ in range(3):  # each app is a fresh process's memory backend
+        martd = create_app(backend="memory")
+        seen.append(await martd.publish("restarted", "x"))
+        seen.append(await martd.publish("restarted", "y"))
+        await martd.shutdown()
+    assert len(set(seen)) == len(seen)
+    keys = [etag_key(e) for e in seen]
+    assert keys == sorted(keys)  # later etags never sort before earlier ones

@@ -1,7 +1,8 @@
 """martd_asgi: a push server for the web, as an ASGI application.
 
 ``uvicorn martd_asgi:app`` serves the app built from ``MARTD_*`` variables;
-``create_app(**settings)`` builds another, to serve or mount.
+``create_app(**settings)`` builds another, to serve or mount. ``Client`` and
+``AsyncClient`` push into a running martd over HTTP.
 """
 
 from __future__ import annotations
@@ -12,9 +13,68 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .application import MartdApp, create_app
+    from .client import (
+        AsyncClient,
+        BadRequest,
+        ChannelInfo,
+        Client,
+        ClientError,
+        Conflict,
+        Forbidden,
+        Gone,
+        NotFound,
+        PayloadTooLarge,
+        PublishResult,
+        TooManyRequests,
+        TransportError,
+        Unauthorized,
+        Unavailable,
+    )
     from .config import Settings
 
-__all__ = ["MartdApp", "Settings", "__version__", "app", "create_app"]
+__all__ = [
+    "AsyncClient",
+    "BadRequest",
+    "ChannelInfo",
+    "Client",
+    "ClientError",
+    "Conflict",
+    "Forbidden",
+    "Gone",
+    "MartdApp",
+    "NotFound",
+    "PayloadTooLarge",
+    "PublishResult",
+    "Settings",
+    "TooManyRequests",
+    "TransportError",
+    "Unauthorized",
+    "Unavailable",
+    "__version__",
+    "app",
+    "create_app",
+]
+
+# The publisher client and its errors (martd_asgi.client), imported on first use.
+_CLIENT_NAMES = frozenset(
+    {
+        "AsyncClient",
+        "BadRequest",
+        "ChannelInfo",
+        "Client",
+        "ClientError",
+        "Conflict",
+        "Forbidden",
+        "Gone",
+        "NotFound",
+        "PayloadTooLarge",
+        "PublishResult",
+        "TooManyRequests",
+        "TransportError",
+        "Unauthorized",
+        "Unavailable",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -31,4 +91,8 @@ def __getattr__(name: str) -> Any:
         from .config import Settings
 
         return Settings
+    if name in _CLIENT_NAMES:
+        from . import client
+
+        return getattr(client, name)
     raise AttributeError(f"module 'martd_asgi' has no attribute {name!r}")

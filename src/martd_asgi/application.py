@@ -22,9 +22,11 @@ from .auth import Authority
 from .backends.base import Backend, make_backend
 from .channels import check_name, parse_push_attributes
 from .config import Settings
+from .cors import CORSMiddleware
 from .errors import BadRequest, Forbidden, MartdError, NotFound
 from .router import Router
 from .transports import publish as pub
+from .transports import websocket
 from .transports.common import (
     CALLBACK_RE,
     Receive,
@@ -67,9 +69,12 @@ class MartdApp:
         self.started = False
         self.closing = False
         self.started_at = time.time()
-        self.websocket: WebSocketHandler = _no_websocket
+        self.websocket: WebSocketHandler = websocket.serve
         self._start_lock: asyncio.Lock | None = None
         self._static: dict[str, tuple[bytes, bytes]] = {}
+        self._serve: Callable[[Scope, Receive, Send], Awaitable[None]] = self._handle
+        if settings.cors_origins:
+            self._serve = CORSMiddleware(self._handle, origins=settings.cors_origins)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -181,6 +186,10 @@ class MartdApp:
             return
         if not self.started:
             await self.startup()
+        await self._serve(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
         path = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):
@@ -213,6 +222,7 @@ class MartdApp:
             return
         routes: dict[str, Callable[[Request, Send], Awaitable[None]]] = {
             "/client.js": self._client_js,
+            "/client.mjs": self._client_mjs,
             "/healthz": self._healthz,
             "/stats": self._stats,
             "/demo": self._demo,
@@ -266,6 +276,15 @@ class MartdApp:
             send,
             "client.js",
             b"application/javascript; charset=utf-8",
+            b"public, max-age=300, must-revalidate",
+        )
+
+    async def _client_mjs(self, request: Request, send: Send) -> None:
+        await self._static_response(
+            request,
+            send,
+            "client.mjs",
+            b"text/javascript; charset=utf-8",
             b"public, max-age=300, must-revalidate",
         )
 

@@ -1,17 +1,31 @@
-"""Who is a server: the address allow-list, trusted proxies, the bearer secret.
+"""Who is a server: the address allow-list, trusted proxies, the bearer secret, tokens.
 
-Pure functions over a request's scope and headers. Signed tokens (grants per
-channel) plug in through ``Authority.grants``.
+Pure functions over a request's scope and headers. A request is a server for
+every channel by its address or the secret, and for the channels a signed
+token's ``publish`` grant names (see ``tokens``). Private channels
+(``MARTD_PRIVATE``) need a ``subscribe`` grant, or a server.
+
+A token comes in ``Authorization: Bearer`` (unless that is the secret), in
+``?token=`` (EventSource, JSONP and WebSocket cannot send headers) or in the
+``martd_auth`` cookie; the grants of every valid one count. The cookie is sent
+by browsers on their own, so it is not believed on a request that the browser
+marks cross-site (``Sec-Fetch-Site``) unless its ``Origin`` is one of
+``MARTD_CORS_ORIGINS``: another site cannot push or read with a visitor's cookie.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
+import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config import Network, Settings
+from .errors import Forbidden, Unauthorized
+from .tokens import LEEWAY, MIN_SECRET_BYTES, Grants, InvalidToken, patterns, verify_token
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -91,11 +105,52 @@ def bearer(headers: Mapping[str, str]) -> str | None:
     return token.strip()
 
 
+COOKIE = "martd_auth"
+
+
+def cookies(headers: Mapping[str, str], name: str = COOKIE) -> list[str]:
+    """The values of a cookie in the ``Cookie`` header (several paths may each set one)."""
+    raw = headers.get("cookie")
+    if not raw:
+        return []
+    found = []
+    for part in raw.replace(",", ";").split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if value:
+                found.append(value)
+    return found
+
+
+def cross_site(headers: Mapping[str, str], origins: frozenset[str]) -> bool:
+    """Whether the browser says this request comes from another site not listed for CORS."""
+    if headers.get("sec-fetch-site", "") != "cross-site":
+        return False
+    return headers.get("origin", "").rstrip("/") not in origins
+
+
 class Authority:
     """Decides, per request, whether it is a server (for a channel)."""
 
+    CACHE = 1024
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.private = patterns(settings.private)
+        self.cookie_origins = frozenset(
+            origin.rstrip("/") for origin in settings.cors_origins if origin != "*"
+        )
+        self._cache: OrderedDict[str, Grants] = OrderedDict()
+        signing = settings.signing_secret
+        if signing is not None and len(signing.encode()) < MIN_SECRET_BYTES:
+            logging.getLogger("martd").warning(
+                "the secret that signs tokens is shorter than %d bytes: tokens are easier to"
+                " forge; set MARTD_TOKEN_SECRET or MARTD_SECRET to a longer random string",
+                MIN_SECRET_BYTES,
+            )
 
     def address(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> Address | None:
         return client_address(scope, headers, self.settings.trusted_proxies)
@@ -124,6 +179,57 @@ class Authority:
             return self.grants(scope, headers, query, "publish", channel)
         return False
 
+    def verify(self, token: str) -> Grants:
+        """A token's grants, verified once and then remembered until it expires."""
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.expires is None or time.time() <= cached.expires + LEEWAY:
+                self._cache.move_to_end(token)
+                return cached
+            del self._cache[token]
+        signing = self.settings.signing_secret
+        if signing is None:
+            raise InvalidToken("token: tokens are not enabled on this server (no secret)")
+        found = verify_token(signing, token)
+        self._cache[token] = found
+        if len(self._cache) > self.CACHE:
+            self._cache.popitem(last=False)
+        return found
+
+    def tokens(self, headers: Mapping[str, str], query: Mapping[str, str]) -> list[str]:
+        """Every token the request carries: bearer (unless the secret), ``?token=``, cookie."""
+        found = []
+        given = bearer(headers)
+        if given is not None and not self.has_secret(headers):
+            found.append(given)
+        if query.get("token"):
+            found.append(query["token"])
+        if "cookie" in headers and not cross_site(headers, self.cookie_origins):
+            found.extend(cookies(headers)[:4])
+        return found
+
+    def token_grants(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Grants | None:
+        """The grants of every valid token together; ``None`` when there is no token.
+
+        Raises ``InvalidToken`` when there are tokens and none of them is valid.
+        """
+        found = self.tokens(headers, query)
+        if not found:
+            return None
+        grants: Grants | None = None
+        error: InvalidToken | None = None
+        for token in found:
+            try:
+                valid = self.verify(token)
+            except InvalidToken as exc:
+                error = error or exc
+                continue
+            grants = valid if grants is None else grants | valid
+        if grants is None:
+            assert error is not None
+            raise error
+        return grants
+
     def grants(
         self,
         scope: Mapping[str, Any],
@@ -132,8 +238,21 @@ class Authority:
         action: str,
         channel: str,
     ) -> bool:
-        """Whether a signed token grants ``action`` on ``channel`` (see tokens)."""
+        """Whether a valid signed token grants ``action`` (publish, subscribe) on ``channel``."""
+        try:
+            found = self.token_grants(headers, query)
+        except InvalidToken:
+            return False
+        if found is None:
+            return False
+        if action == "publish":
+            return found.may_publish(channel)
+        if action == "subscribe":
+            return found.may_subscribe(channel)
         return False
+
+    def is_private(self, channel: str) -> bool:
+        return any(pattern.matches(channel) for pattern in self.private)
 
     def check_subscribe(
         self,
@@ -143,4 +262,18 @@ class Authority:
         channels: Sequence[str],
     ) -> None:
         """Raise Unauthorized / Forbidden when a private channel is not granted."""
-        return None
+        if not self.private:
+            return
+        private = [channel for channel in channels if self.is_private(channel)]
+        if not private or self.is_server(scope, headers, query):
+            return
+        found = self.token_grants(headers, query)
+        if found is None:
+            raise Unauthorized(
+                f"token: {private[0]!r} is private; subscribing needs a token that grants it"
+                " (Authorization: Bearer, the martd_auth cookie or ?token=)",
+                channel=private[0],
+            )
+        for channel in private:
+            if not found.may_subscribe(channel):
+                raise Forbidden(f"token: does not grant subscribe on {channel!r}", channel=channel)

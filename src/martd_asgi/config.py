@@ -23,6 +23,10 @@ FIELDS: dict[str, tuple[str, str]] = {
         "addresses / CIDR blocks whose `X-Forwarded-For` / `Forwarded` are believed",
     ),
     "secret": ("MARTD_SECRET", "server secret for `Authorization: Bearer`; also signs tokens"),
+    "token_secret": (
+        "MARTD_TOKEN_SECRET",
+        "signs and verifies tokens instead of `MARTD_SECRET` (which is the default)",
+    ),
     "private": ("MARTD_PRIVATE", "comma-separated channel-name patterns that need a subscribe grant"),
     "cors_origins": ("MARTD_CORS_ORIGINS", "origins allowed from another origin (`*` for any)"),
     "poll_timeout": ("MARTD_POLL_TIMEOUT", "seconds a long-poll waits at most"),
@@ -56,6 +60,7 @@ class Settings:
     )
     trusted_proxies: tuple[Network, ...] = ()
     secret: str | None = dataclasses.field(default=None, repr=False)
+    token_secret: str | None = dataclasses.field(default=None, repr=False)
     private: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     poll_timeout: float = 30.0
@@ -68,6 +73,11 @@ class Settings:
     sub_buffer_bytes: int = 4 * 1024 * 1024
     sub_stall: float = 30.0
     grace: float = 4.0
+
+    @property
+    def signing_secret(self) -> str | None:
+        """The secret that signs tokens: ``token_secret``, else ``secret``."""
+        return self.token_secret or self.secret
 
     def __post_init__(self) -> None:
         for name, low in (
@@ -130,7 +140,7 @@ def _coerce(name: str, value: Any, label: str) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
-        if name == "secret" and value is not None and str(value) == "":
+        if name in ("secret", "token_secret") and value is not None and str(value) == "":
             return None
         return None if value is None else str(value)
     except ValueError:

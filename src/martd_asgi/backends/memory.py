@@ -64,6 +64,10 @@ class _Holds:
         return None
 
 
+# One clock for the process: two apps in one process never give out the same etag.
+CLOCK = EtagClock()
+
+
 class MemoryBackend:
     name = "memory"
 
@@ -72,7 +76,7 @@ class MemoryBackend:
         self._subscribers: dict[str, int] = {}
         self._holds: dict[str, _Holds] = {}
         self._expiry: list[tuple[float, str]] = []
-        self._clock = EtagClock()
+        self._clock = CLOCK
         self._hold = hold
         self._sweep_interval = sweep_interval
         self._deliver: Deliver = lambda event: None

@@ -1,0 +1,375 @@
+"""Publisher client: push, read channel info, delete, mint tokens, over HTTP.
+
+``Client`` is synchronous and ``AsyncClient`` asynchronous; both take ``url``,
+where martd is mounted (``http://127.0.0.1:8000/martd`` for ``martd serve``),
+and authenticate with the server ``secret`` or a ``token`` (both sent as
+``Authorization: Bearer``). Without either, martd decides by the client's
+address (loopback is a server by default).
+
+Every error martd answers is raised as one small class per condition:
+
+    ClientError                .status (None for transport errors), .message, .body
+     ├── TransportError        martd could not be reached, or did not answer in time
+     ├── BadRequest        400  malformed input; the message names the field
+     ├── Unauthorized      401  a grant is needed and none (or an invalid one) was given
+     ├── Forbidden         403  not a server, wrong key, attribute change refused
+     ├── NotFound          404  no such channel (info, delete), or a wrong ``url``
+     ├── Conflict          409  one2one channel held by another client
+     ├── Gone              410  the channel was deleted
+     ├── PayloadTooLarge   413  the payload is above ``MARTD_MAX_PAYLOAD``
+     ├── TooManyRequests   429  rate or connection limit
+     └── Unavailable       503  martd's backend cannot be reached
+
+Any other error status raises ``ClientError`` itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class ClientError(Exception):
+    """An error answered by martd (``status`` set) or met on the way (``status`` None)."""
+
+    status: int | None = None
+
+    def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.body = body
+
+
+class TransportError(ClientError):
+    pass
+
+
+class BadRequest(ClientError):
+    status = 400
+
+
+class Unauthorized(ClientError):
+    status = 401
+
+
+class Forbidden(ClientError):
+    status = 403
+
+
+class NotFound(ClientError):
+    status = 404
+
+
+class Conflict(ClientError):
+    status = 409
+
+
+class Gone(ClientError):
+    status = 410
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+
+
+class TooManyRequests(ClientError):
+    status = 429
+
+
+class Unavailable(ClientError):
+    status = 503
+
+
+_BY_STATUS: dict[int, type[ClientError]] = {
+    cls.status: cls  # type: ignore[misc,unused-ignore]
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        Gone,
+        PayloadTooLarge,
+        TooManyRequests,
+        Unavailable,
+    )
+}
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """martd's answer to a push."""
+
+    channel: str
+    etag: str
+    subscribers: int
+    messages: int
+    created: bool
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    """martd's answer to ``GET /pub/{channel}``."""
+
+    channel: str
+    etag: str
+    subscribers: int
+    messages: int
+    size: int
+    life: int
+    one2one: bool
+    has_key: bool
+
+
+def error_for(response: httpx.Response) -> ClientError:
+    """The typed error for an error answer (its JSON ``error``, or its text)."""
+    body: Any = None
+    try:
+        body = response.json()
+        message = str(body["error"]) if isinstance(body, dict) and "error" in body else ""
+    except (ValueError, UnicodeDecodeError):
+        message = ""
+    if not message:
+        text = response.text.strip().splitlines()
+        message = text[0][:200] if text else response.reason_phrase or "no answer"
+    cls = _BY_STATUS.get(response.status_code, ClientError)
+    return cls(message, status=response.status_code, body=body)
+
+
+def _transport_error(url: str, exc: httpx.HTTPError) -> TransportError:
+    if isinstance(exc, httpx.TimeoutException):
+        return TransportError(f"{url}: no answer in time ({type(exc).__name__})")
+    reason = str(exc) or type(exc).__name__
+    return TransportError(f"cannot reach martd at {url}: {reason}")
+
+
+def _payload(data: str | bytes | Any) -> tuple[bytes, str]:
+    if isinstance(data, bytes):
+        return data, "application/octet-stream"
+    if isinstance(data, str):
+        return data.encode(), "text/plain; charset=utf-8"
+    return json.dumps(data, separators=(",", ":")).encode(), "application/json"
+
+
+def _push_params(
+    size: int | None, life: int | None, one2one: bool | None, key: str | None
+) -> dict[str, str]:
+    params: dict[str, str] = {}
+    if size is not None:
+        params["size"] = str(size)
+    if life is not None:
+        params["life"] = str(life)
+    if one2one is not None:
+        params["one2one"] = "true" if one2one else "false"
+    if key is not None:
+        params["key"] = key
+    return params
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code >= 400:
+        raise error_for(response)
+    try:
+        body = response.json()
+    except ValueError:
+        raise ClientError(
+            f"{response.url}: not a martd answer (is url where martd is mounted?)",
+            status=response.status_code,
+        ) from None
+    if not isinstance(body, dict):
+        raise ClientError(f"{response.url}: not a martd answer", status=response.status_code)
+    return body
+
+
+def _publish_result(response: httpx.Response) -> PublishResult:
+    body = _json(response)
+    return PublishResult(
+        channel=str(body.get("channel", "")),
+        etag=str(body["etag"]),
+        subscribers=int(body.get("subscribers", 0)),
+        messages=int(body.get("messages", 0)),
+        created=response.status_code == 201,
+    )
+
+
+def _channel_info(response: httpx.Response) -> ChannelInfo:
+    body = _json(response)
+    return ChannelInfo(
+        channel=str(body["channel"]),
+        etag=str(body["etag"]),
+        subscribers=int(body["subscribers"]),
+        messages=int(body["messages"]),
+        size=int(body["size"]),
+        life=int(body["life"]),
+        one2one=bool(body["one2one"]),
+        has_key=bool(body["has_key"]),
+    )
+
+
+class _Base:
+    def __init__(self, url: str, secret: str | None, token: str | None) -> None:
+        if secret is not None and token is not None:
+            raise ValueError("give either secret or token, not both")
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"url: {url!r} is not an http:// or https:// URL")
+        self.url = url.rstrip("/")
+        self.secret = secret
+        self.token = token
+        self.headers = {"user-agent": "martd-client"}
+        if secret or token:
+            self.headers["authorization"] = f"Bearer {secret or token}"
+
+    def _channel_url(self, channel: str) -> str:
+        return f"{self.url}/pub/{quote(channel, safe=':@~')}"
+
+    def mint_token(
+        self, publish: Sequence[str] = (), subscribe: Sequence[str] = (), ttl: float | None = 3600
+    ) -> str:
+        """A signed token granting these channel patterns, valid ``ttl`` seconds."""
+        if not self.secret:
+            raise ValueError("mint_token needs the client's secret")
+        # Imported on use: tokens need PyJWT, pushing does not.
+        tokens = importlib.import_module("martd_asgi.tokens")
+        return str(tokens.mint_token(self.secret, publish=publish, subscribe=subscribe, ttl=ttl))
+
+
+class Client(_Base):
+    """Synchronous client: ``with Client(url) as martd: martd.publish("ch", "hi")``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(url, secret, token)
+        self._http = httpx.Client(
+            headers=self.headers, timeout=timeout, transport=transport, follow_redirects=False
+        )
+
+    def _send(self, method: str, channel: str, **kwargs: Any) -> httpx.Response:
+        url = self._channel_url(channel)
+        try:
+            return self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise _transport_error(self.url, exc) from None
+
+    def publish(
+        self,
+        channel: str,
+        data: str | bytes | Any = "",
+        *,
+        size: int | None = None,
+        life: int | None = None,
+        one2one: bool | None = None,
+        key: str | None = None,
+    ) -> PublishResult:
+        """Push ``data`` (text, bytes, or anything else as JSON) into ``channel``."""
+        content, kind = _payload(data)
+        params = _push_params(size, life, one2one, key)
+        response = self._send(
+            "POST", channel, content=content, params=params, headers={"content-type": kind}
+        )
+        return _publish_result(response)
+
+    def info(self, channel: str) -> ChannelInfo:
+        """The channel's etag, counts and attributes; ``NotFound`` if it does not exist."""
+        return _channel_info(self._send("GET", channel))
+
+    def delete(self, channel: str) -> None:
+        """Drop the channel (its subscribers are told); ``NotFound`` if it does not exist."""
+        _json(self._send("DELETE", channel))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """Asynchronous client: ``async with AsyncClient(url) as martd: await martd.publish(...)``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(url, secret, token)
+        self._http = httpx.AsyncClient(
+            headers=self.headers, timeout=timeout, transport=transport, follow_redirects=False
+        )
+
+    async def _send(self, method: str, channel: str, **kwargs: Any) -> httpx.Response:
+        url = self._channel_url(channel)
+        try:
+            return await self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise _transport_error(self.url, exc) from None
+
+    async def publish(
+        self,
+        channel: str,
+        data: str | bytes | Any = "",
+        *,
+        size: int | None = None,
+        life: int | None = None,
+        one2one: bool | None = None,
+        key: str | None = None,
+    ) -> PublishResult:
+        """Push ``data`` (text, bytes, or anything else as JSON) into ``channel``."""
+        content, kind = _payload(data)
+        params = _push_params(size, life, one2one, key)
+        response = await self._send(
+            "POST", channel, content=content, params=params, headers={"content-type": kind}
+        )
+        return _publish_result(response)
+
+    async def info(self, channel: str) -> ChannelInfo:
+        """The channel's etag, counts and attributes; ``NotFound`` if it does not exist."""
+        return _channel_info(await self._send("GET", channel))
+
+    async def delete(self, channel: str) -> None:
+        """Drop the channel (its subscribers are told); ``NotFound`` if it does not exist."""
+        _json(await self._send("DELETE", channel))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

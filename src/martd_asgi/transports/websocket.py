@@ -1,0 +1,218 @@
+"""WebSocket on ``/sub/{channels}``: a frame per message, and pushes from the client.
+
+Server to client, text frames of JSON:
+
+- a message: ``{"channel": C, "etag": E, "data": PAYLOAD}`` (made once per
+  message and shared by every WebSocket subscriber);
+- a control: ``{"type": "missed" | "kicked" | "deleted", "channel": C}``;
+- ``{"type": "ping"}`` every ``MARTD_PING`` seconds. Protocol-level pings are
+  invisible to browser code, so a page could not tell a silent channel from a
+  dead connection without an application frame;
+- answers to the client's frames: ``{"type": "ack", "id": N, "etag": E}``,
+  ``{"type": "error", "id": N, "error": ..., "status": S}``, ``{"type": "pong"}``.
+
+Client to server: ``{"type": "pub", "channel": C, "data": D, "key": K, "id": N}``
+pushes exactly like ``POST /pub/C?key=K`` by the same client (``size``,
+``life``, ``one2one`` may be given as in the query string); ``{"type": "ping"}``.
+
+Close codes: 1000 when the client leaves, 1012 on shutdown, 4409 after
+``kicked`` and 4410 after ``deleted`` (the control frame comes first, so the
+close code is only a second way to learn it), 1008 for frames that are not
+JSON objects. A subscriber that does not keep up is dropped without a close
+frame (its socket is full); like every other, it resumes by etag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from ..backends.base import Control
+from ..channels import History, Message, check_name, parse_push_attributes
+from ..errors import BadRequest, Forbidden, MartdError, PayloadTooLarge, Unavailable
+from ..router import Subscriber, _uncancel
+from .common import Receive, Request, Send, Subscription
+from .subscribe import attach, detach, histories
+
+if TYPE_CHECKING:
+    from ..application import MartdApp
+
+PING = {"type": "websocket.send", "text": '{"type":"ping"}'}
+PONG = {"type": "websocket.send", "text": '{"type":"pong"}'}
+CLOSE_CODES = {"kicked": 4409, "deleted": 4410}
+SHUTDOWN = 1012
+POLICY = 1008
+
+
+def frame(body: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "websocket.send", "text": json.dumps(body, ensure_ascii=False)}
+
+
+def control_frame(kind: str, channel: str) -> dict[str, Any]:
+    return frame({"type": kind, "channel": channel})
+
+
+def close(code: int, reason: str = "") -> dict[str, Any]:
+    return {"type": "websocket.close", "code": code, "reason": reason}
+
+
+class WebSocketSubscriber(Subscriber):
+    __slots__ = ()
+    transport = "websocket"
+    stream = True
+
+    def emit(self, msg: Message, index: int) -> None:
+        if self.missed and msg.channel in self.missed:
+            self.missed.discard(msg.channel)
+            self.push(control_frame("missed", msg.channel))
+        self.push(msg.encoded("ws"))
+
+    def encode(self, msg: Message, index: int) -> dict[str, Any]:
+        # Called by drain() only. A pending "missed" goes first: the message's
+        # frame is put back at the head of the backlog, which drain sends next.
+        if self.missed and msg.channel in self.missed and self.backlog is not None:
+            self.missed.discard(msg.channel)
+            self.backlog.appendleft(msg.encoded("ws"))
+            return control_frame("missed", msg.channel)
+        return msg.encoded("ws")  # type: ignore[no-any-return]
+
+    def ping_event(self) -> dict[str, Any] | None:
+        return PING
+
+    def tell(self, control: Control) -> None:
+        self.finish(
+            [
+                control_frame(control.kind, control.channel),
+                close(CLOSE_CODES.get(control.kind, 1000), control.kind),
+            ]
+        )
+
+    def end(self, reason: str) -> None:
+        if reason == "slow":
+            self.abort()
+        elif reason == "shutdown":
+            self.finish([close(SHUTDOWN, "shutdown")])
+        else:
+            self.finish([close(1000, reason)])
+
+    def reply(self, event: dict[str, Any]) -> None:
+        """Answer a client frame, in order with the messages being delivered."""
+        if not self.closed:
+            self.push(event)
+
+
+async def begin(sub: WebSocketSubscriber, found: list[History], send: Send) -> None:
+    """Accept, tell what was missed, send history, then go live."""
+    await send({"type": "websocket.accept"})
+    for index, history in enumerate(found):
+        if history.missed and history.exists:
+            await send(control_frame("missed", sub.channels[index]))
+    for history in found:
+        for msg in sub.fresh(history.messages):
+            await send(msg.encoded("ws"))
+    await sub.drain()
+
+
+async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """A ``pub`` frame, handled as ``POST /pub`` would be; returns the answer frame."""
+    ident = body.get("id")
+    try:
+        channel = body.get("channel")
+        data = body.get("data")
+        if not isinstance(channel, str):
+            raise BadRequest("channel: a pub frame needs a channel name", field="channel")
+        check_name(channel)
+        if not isinstance(data, str):
+            raise BadRequest("data: a pub frame carries its payload as a string", field="data")
+        if len(data.encode()) > app.settings.max_payload:
+            raise PayloadTooLarge(f"payload: larger than {app.settings.max_payload} bytes")
+        given: dict[str, str] = {
+            name: _text(body[name]) for name in ("size", "life", "one2one", "key") if name in body
+        }
+        attrs = parse_push_attributes(given)
+        server = app.authority.is_server(request.scope, request.headers, request.query, channel)
+        if not server and attrs.key is None:
+            raise Forbidden("key: not a server; pushing needs the channel's key", field="key")
+        try:
+            result = await app.backend.publish(channel, data, attrs, server=server)
+        except MartdError:
+            raise
+        except Exception:
+            app.log.warning("push over WebSocket failed", exc_info=True)
+            raise Unavailable("backend: the push could not be stored; try again") from None
+    except MartdError as error:
+        return frame({"type": "error", "id": ident, **error.body(), "status": error.status})
+    app.counters["published"] += 1
+    return frame({"type": "ack", "id": ident, **result.body()})
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+async def listen(
+    app: MartdApp, request: Request, sub: WebSocketSubscriber, receive: Receive
+) -> None:
+    """Read the client's frames until it goes or we closed it (cf. Subscriber.wait)."""
+    try:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                break
+            if kind != "websocket.receive" or sub.closed:
+                continue
+            try:
+                body = json.loads(message.get("text") or message.get("bytes") or b"")
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                sub.finish([close(POLICY, "frames are JSON objects")])
+                continue
+            what = body.get("type")
+            if what == "pub":
+                sub.reply(await push(app, request, body))
+            elif what == "ping":
+                sub.reply(PONG)
+            else:
+                error = BadRequest("type: a client frame is pub or ping")
+                sub.reply(
+                    frame({"type": "error", "id": body.get("id"), **error.body(), "status": 400})
+                )
+    except asyncio.CancelledError:
+        if not sub.closed or sub.handler is not None:
+            raise
+        _uncancel()
+    finally:
+        sub.handler = None
+        if not sub.closed:
+            sub.lost()
+
+
+async def serve(
+    app: MartdApp, request: Request, req: Subscription, receive: Receive, send: Send
+) -> None:
+    """The WebSocket handler (``MartdApp.websocket``): the subscribe flow, then listen."""
+    try:
+        attached = await attach(app, req)
+    except MartdError as error:
+        await app.refuse(request, send, error)
+        return
+    sub = WebSocketSubscriber(send, req.channels, req.cid, app.router)
+    app.router.add(sub)
+    try:
+        try:
+            found = await histories(app, sub, req)
+        except MartdError as error:
+            sub.closed = True
+            app.router.remove(sub)
+            await app.refuse(request, send, error)
+            return
+        await begin(sub, found, send)
+        await listen(app, request, sub, receive)
+    finally:
+        app.router.remove(sub)
+        await detach(app, req, attached)

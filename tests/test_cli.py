@@ -1,0 +1,233 @@
+"""The `martd` command as a user runs it: real processes, real servers."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from martd_asgi.devcert import dev_certificate
+from serving import MARTD, Served, ca_context, free_port, martd_serve, run_martd
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with martd_serve(tmp=tmp_path_factory.mktemp("cli")) as server:
+        yield server
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_cli_pub_then_sub_from_etag_0_prints_the_message(served: Served) -> None:
+    pushed = run_martd("pub", "cli.first", "hello from the shell", "--url", served.url)
+    assert pushed.returncode == 0, pushed.stderr
+    answer = json.loads(pushed.stdout)
+    assert answer["channel"] == "cli.first" and answer["created"] is True
+
+    got = run_martd("sub", "cli.first", "--etag", "0", "--count", "1", "--url", served.url)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == "hello from the shell\n"
+
+    got = run_martd(
+        "sub",
+        "cli.first",
+        "--etag",
+        "0",
+        "--count",
+        "1",
+        "--json",
+        "--transport",
+        "longpoll",
+        "--url",
+        served.url,
+    )
+    assert json.loads(got.stdout) == {
+        "channel": "cli.first",
+        "etag": answer["etag"],
+        "data": "hello from the shell",
+    }
+
+
+def test_cli_pub_reads_stdin_and_sets_attributes(served: Served) -> None:
+    pushed = run_martd(
+        "pub",
+        "cli.stdin",
+        "-",
+        "--size",
+        "2",
+        "--url",
+        served.url,
+        input=b'{"multi": "line"}\nsecond line',
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    info = httpx.get(f"{served.url}/pub/cli.stdin").json()
+    assert info["size"] == 2
+    got = run_martd(
+        "sub", "cli.stdin", "--etag", "0", "--count", "1", "--json", "--url", served.url
+    )
+    assert json.loads(got.stdout)["data"] == '{"multi": "line"}\nsecond line'
+
+
+def test_cli_sub_prints_each_message_as_it_arrives(served: Served) -> None:
+    with subprocess.Popen(
+        [*MARTD, "sub", "cli.live,cli.other", "--url", served.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as process:
+        assert process.stderr is not None and process.stdout is not None
+        assert "listening" in process.stderr.readline()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{served.origin}/martd/stats").json().get("subscribers", 0) < 1:
+            assert time.monotonic() < deadline, "sub did not connect"
+            time.sleep(0.02)
+        httpx.post(f"{served.url}/pub/cli.live", content="one")
+        assert process.stdout.readline() == "cli.live: one\n"
+        httpx.post(f"{served.url}/pub/cli.other", content="two")
+        assert process.stdout.readline() == "cli.other: two\n"
+        # The channel is dropped (its stream ends): sub reconnects on its own.
+        httpx.delete(f"{served.url}/pub/cli.live")
+        assert "deleted" in process.stderr.readline()
+        deadline = time.monotonic() + 10
+        while True:
+            httpx.post(f"{served.url}/pub/cli.other", content="after")
+            line = process.stdout.readline()
+            if line == "cli.other: after\n":
+                break
+            assert time.monotonic() < deadline
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 130
+        assert "Traceback" not in process.stderr.read()
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["pub", "bad name!", "x"], "channel"),
+        (["sub", "ok,martd"], "channel"),
+        (["pub", "ch", "x", "--url", "ftp://nowhere"], "--url"),
+        (["sub", "ch", "--etag", "not valid!"], "--etag"),
+        (["pub", "ch", "x", "--size", "many"], "--size"),
+        (["serve", "--workers", "2"], "redis"),
+        (["serve", "--upstream", "localhost:3000"], "--upstream"),
+        (["serve", "--prefix", "martd"], "--prefix"),
+        (["token"], "--secret"),
+        (["token", "--secret", "s"], "--publish"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_non_zero(args: list[str], says: str) -> None:
+    line = one_line_error(run_martd(*args, MARTD_BACKEND="memory"))
+    assert says in line
+
+
+def test_cli_server_down_is_one_line_and_non_zero() -> None:
+    url = f"http://127.0.0.1:{free_port()}/martd"
+    assert "cannot reach" in one_line_error(run_martd("pub", "ch", "x", "--url", url))
+    assert "cannot reach" in one_line_error(run_martd("sub", "ch", "--url", url))
+
+
+def test_cli_refused_push_is_one_line_and_non_zero(served: Served) -> None:
+    assert run_martd("pub", "cli.keyed", "x", "--key", "right", "--url", served.url).returncode == 0
+    line = one_line_error(run_martd("pub", "cli.keyed", "y", "--key", "wrong", "--url", served.url))
+    assert line.startswith("martd: 403")
+    line = one_line_error(run_martd("pub", "cli.first", "x", "--size", "0", "--url", served.url))
+    assert "400" in line and "size" in line
+
+
+def test_cli_serve_without_upstream_redirects_root_to_the_demo(served: Served) -> None:
+    answer = httpx.get(served.origin + "/")
+    assert answer.status_code == 307
+    assert answer.headers["location"] == "/martd/demo"
+    assert httpx.get(served.origin + "/martd/demo").status_code == 200
+
+
+def test_cli_serve_takes_its_options_from_the_environment(tmp_path: Path) -> None:
+    env = {"MARTD_PREFIX": "/push", "MARTD_DEMO": "0", "MARTD_ACCESS_LOG": "false"}
+    env |= {"MARTD_LOG_LEVEL": "info"}
+    with martd_serve(tmp=tmp_path, **env) as served:
+        assert served.url.endswith("/push")
+        assert httpx.post(f"{served.url}/pub/env", content="x").status_code == 201
+        assert httpx.get(f"{served.origin}/martd/healthz").status_code == 404
+        assert httpx.get(f"{served.origin}/").status_code == 404  # no demo, no redirect
+    assert "/pub/env" not in served.stderr()  # no access log
+
+
+def test_cli_serve_help_names_every_environment_variable() -> None:
+    text = run_martd("serve", "--help").stdout
+    for name in (
+        "HOST",
+        "PORT",
+        "UPSTREAM",
+        "PREFIX",
+        "BACKEND",
+        "SSL",
+        "CERTFILE",
+        "KEYFILE",
+        "WORKERS",
+        "LOG_LEVEL",
+        "ACCESS_LOG",
+    ):
+        assert f"MARTD_{name}" in text
+
+
+def test_cli_serve_ssl_serves_https_with_the_printed_certificate(tmp_path: Path) -> None:
+    def printed_authority(served: Served) -> ssl.SSLContext | None:
+        found = re.search(r"certificate authority to trust: (\S+)", served.stderr())
+        return ca_context(found.group(1)) if found else None
+
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    with martd_serve("--ssl", tmp=tmp_path, verify=printed_authority, **env) as served:
+        authority = re.search(r"certificate authority to trust: (\S+)", served.stderr())
+        assert authority and authority.group(1).startswith(str(tmp_path / "cache"))
+        context = ca_context(authority.group(1))
+        for host in ("localhost", "127.0.0.1"):
+            answer = httpx.get(f"https://{host}:{served.port}/martd/healthz", verify=context)
+            assert answer.status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"https://127.0.0.1:{served.port}/martd/healthz")  # not trusted by default
+
+
+def test_devcert_is_reused_while_valid(tmp_path: Path) -> None:
+    first = dev_certificate(tmp_path)
+    second = dev_certificate(tmp_path)
+    assert first.created and not second.created
+    assert first.cert.read_bytes() == second.cert.read_bytes()
+    assert oct(first.key.stat().st_mode & 0o777) == "0o600"
+    assert "PRIVATE KEY" not in first.ca.read_text()
+
+
+SECRET = "a-long-enough-signing-secret-for-hs256"
+
+
+def test_cli_token_prints_a_token_for_the_secret() -> None:
+    import jwt
+
+    result = run_martd(
+        "token",
+        "--publish",
+        "user.42.*",
+        "--subscribe",
+        "room.1",
+        "--ttl",
+        "60",
+        MARTD_SECRET=SECRET,
+    )
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["martd"]["publish"] == ["user.42.*"]
+    assert claims["martd"]["subscribe"] == ["room.1"]
