@@ -60,7 +60,13 @@ class Case:
 
 
 CASES = [
-    Case("idle", "idle", {"n": 10000}, {"n": 1000}, ("martd", "nchan", "martd-ws", "martd-redis")),
+    Case(
+        "idle",
+        "idle",
+        {"n": 10000},
+        {"n": 1000, "settle": 0.5},
+        ("martd", "nchan", "martd-ws", "martd-redis"),
+    ),
     Case(
         "fanout1k",
         "fanout",
@@ -79,21 +85,21 @@ CASES = [
         "throughput",
         "throughput",
         {"n": 100, "duration": 10, "publishers": 16},
-        {"n": 100, "duration": 2, "publishers": 16},
+        {"n": 100, "duration": 1, "publishers": 16},
         ("martd", "nchan", "martd-ws", "martd-redis"),
     ),
     Case(
         "longpoll",
         "longpoll",
         {"n": 1000, "pushes": 20},
-        {"n": 200, "pushes": 10},
+        {"n": 100, "pushes": 10},
         ("martd", "nchan", "martd-redis"),
     ),
     Case(
         "slow",
         "slow",
         {"n": 50, "stalled": 5, "pushes": 3000, "size": 4096},
-        {"n": 20, "stalled": 2, "pushes": 1000, "size": 4096},
+        {"n": 10, "stalled": 2, "pushes": 800, "size": 4096},
         ("martd", "nchan", "martd-ws", "martd-redis"),
     ),
     Case(
@@ -239,7 +245,7 @@ def wait_until(server: Server, ready: Any, timeout: float = 30.0) -> None:
                 return
         except OSError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.05)
     server.stop()
     raise ServerFailed(f"{server.name} not ready within {timeout:.0f} s:\n{server.log_tail()}")
 
@@ -459,6 +465,7 @@ def run_all(opts: argparse.Namespace, logdir: Path) -> Results:
                 if variant in res.skipped:
                     continue
                 label = f"[{repeat + 1}/{opts.repeat}] {case.key} {variant}"
+                began = time.monotonic()
                 try:
                     server = start(opts, variant, logdir)
                 except ServerFailed as e:
@@ -484,7 +491,8 @@ def run_all(opts: argparse.Namespace, logdir: Path) -> Results:
                 finally:
                     server.stop()
                 res.add(case.key, variant, result)
-                print(f"{label}: {summary(result)}", file=sys.stderr, flush=True)
+                took = time.monotonic() - began
+                print(f"{label} ({took:.0f} s): {summary(result)}", file=sys.stderr, flush=True)
     return res
 
 
