@@ -43,6 +43,7 @@ from typing import Any
 
 HOST = "127.0.0.1"
 SEQ = re.compile(rb"m(\d+);")
+KEEPALIVE = re.compile(rb'"type": ?"p[io]ng"')  # martd's WebSocket keep-alive frames
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BATCH = 500  # connections opened at once: stays below net.core.somaxconn
 
@@ -337,7 +338,7 @@ class WSSubscriber(Subscriber):
                 m = SEQ.search(buf, start, end)
                 if m is not None:
                     self.deliver(int(m.group(1)))
-                elif buf.find(b'"type"', start, end) >= 0:
+                elif buf.find(b'"type"', start, end) >= 0 and not KEEPALIVE.search(buf, start, end):
                     self.tally.controls += 1
             elif opcode == 9 and self.transport is not None:
                 self.transport.write(ws_frame(0xA, buf[start:end]))

@@ -603,7 +603,7 @@ def targets(opts: argparse.Namespace, res: Results) -> list[str]:
             lines.append(f"- {text}: not measured")
             continue
         ok = r >= bound if op == ">=" else r <= bound
-        lines.append(f"- {text}: {r:.2f} — {'met' if ok else 'NOT met'}")
+        lines.append(f"- {text}: {r:.3f} — {'met' if ok else 'NOT met'}")
     cpu = median([r.get("server_cpu_us_per_connect") for r in res.runs.get(("idle", "martd"), [])])
     if cpu is not None:
         lines.append(
