@@ -187,7 +187,7 @@ class SSE:
                 if line.startswith(":"):
                     continue
                 name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
+                value = value.removeprefix(" ")
                 if name == "data":
                     data.append(value)
                 elif name == "retry":

@@ -589,7 +589,7 @@ def test_client_deleted_channel_is_told_and_ends(context: Any, server: SiteServe
 
 def test_demo_page_subscribes_and_pushes_by_clicking(context: Any, server: SiteServer) -> None:
     page = context.new_page()
-    page.goto(f"{server.url}/demo")
+    page.goto(f"{server.url}/demo?channel=")
     page.fill("#channel", "demo-room")
     page.click("#subscribe")
     page.wait_for_selector("#status.open")
@@ -616,3 +616,14 @@ def test_demo_page_subscribes_and_pushes_by_clicking(context: Any, server: SiteS
 
     page.click("#subs li[data-channel='demo-room'] .cancel")
     page.wait_for_selector("#status.idle")
+
+
+def test_demo_page_shows_a_push_from_a_shell_without_a_click(
+    context: Any, server: SiteServer
+) -> None:
+    page = context.new_page()
+    page.goto(f"{server.url}/demo")
+    page.wait_for_selector("#status.open")
+    push(server, "demo", "pushed with curl")
+    page.wait_for_selector("#messages li.message")
+    assert "pushed with curl" in page.text_content("#messages li.message")

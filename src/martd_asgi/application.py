@@ -23,7 +23,7 @@ from .backends.base import Backend, make_backend
 from .channels import check_name, parse_push_attributes
 from .config import Settings
 from .cors import CORSMiddleware
-from .errors import BadRequest, Forbidden, MartdError, NotFound
+from .errors import Forbidden, MartdError, NotFound
 from .router import Router
 from .transports import publish as pub
 from .transports import websocket
@@ -339,10 +339,6 @@ async def _deny_websocket(scope: Scope, send: Send, error: MartdError) -> None:
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1008})
-
-
-async def _no_websocket(app: MartdApp, request: Request, req: Any, receive: Receive, send: Send) -> None:
-    await _deny_websocket(request.scope, send, BadRequest("transport: WebSocket is not available"))
 
 
 def create_app(**settings: Any) -> MartdApp:

@@ -183,7 +183,7 @@ class EtagClock:
 class Message:
     """One pushed message. Encodings are made once, on first use, and shared."""
 
-    __slots__ = ("channel", "etag", "key", "data", "expires", "_cache")
+    __slots__ = ("_cache", "channel", "data", "etag", "expires", "key")
 
     def __init__(self, channel: str, key: EtagKey, data: str, expires: float) -> None:
         self.channel = channel

@@ -536,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         # The reader went away (`martd sub ... | head -1`): stop quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
-    except Exception as exc:  # noqa: BLE001  (the promise: one line, never a traceback)
+    except Exception as exc:
         click.echo(f"martd: unexpected error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)

@@ -7,7 +7,7 @@ import re
 
 SENSITIVE = ("key", "token", "secret", "password", "auth", "martd_auth")
 _QUERY_VALUE = re.compile(
-    r"(?P<name>(?:^|[?&;])(?:" + "|".join(SENSITIVE) + r"))=(?P<value>[^&;#\s\"]*)", re.I
+    r"(?P<name>(?:^|[?&;])(?:" + "|".join(SENSITIVE) + r"))=(?P<value>[^&;#\s\"]*)", re.IGNORECASE
 )
 
 

@@ -40,7 +40,7 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
         except asyncio.CancelledError:
             coro.close()
             raise
-        except BaseException:  # noqa: S110 - the coroutine reads the outcome itself
+        except BaseException:
             pass
         try:
             yielded = coro.send(None)
@@ -64,19 +64,19 @@ class Subscriber:
     """
 
     __slots__ = (
-        "send",
-        "channels",
-        "last",
-        "cid",
-        "busy",
         "backlog",
         "backlog_bytes",
-        "task",
+        "busy",
+        "channels",
+        "cid",
         "closed",
-        "since",
-        "router",
         "handler",
+        "last",
         "missed",
+        "router",
+        "send",
+        "since",
+        "task",
     )
     transport = "base"
     stream = False  # True: stays open, gets keep-alives; False: one answer, then done

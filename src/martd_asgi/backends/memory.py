@@ -30,7 +30,7 @@ from .base import ChannelInfo, Control, Deliver, PublishResult
 
 
 class _Channel:
-    __slots__ = ("attrs", "key_hash", "messages", "first", "last", "dropped", "dropped_live")
+    __slots__ = ("attrs", "dropped", "dropped_live", "first", "key_hash", "last", "messages")
 
     def __init__(self, attrs: Attributes, key_hash: str | None) -> None:
         self.attrs = attrs

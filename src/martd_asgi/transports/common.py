@@ -26,7 +26,7 @@ NO_CACHE = [(b"cache-control", b"no-cache, no-store"), (b"x-accel-buffering", b"
 class Request:
     """The parts of an ASGI scope that martd reads; parsed once, on demand."""
 
-    __slots__ = ("scope", "path", "_query", "_headers")
+    __slots__ = ("_headers", "_query", "path", "scope")
 
     def __init__(self, scope: Scope, path: str) -> None:
         self.scope = scope
@@ -198,8 +198,7 @@ def parse_subscription(
         etags = _etag_list(raw, len(channels), "etag")
     elif "if-none-match" in headers and len(channels) == 1:
         raw = headers["if-none-match"].strip()
-        if raw.startswith("W/"):
-            raw = raw[2:]
+        raw = raw.removeprefix("W/")
         raw = raw.strip().strip('"')
         if raw and raw != "*":
             etags = _etag_list(raw, 1, "If-None-Match")
