@@ -329,7 +329,7 @@ def nchan_config(port: int, directory: Path, nginx: str) -> str:
         "backlog": "16384",
     }
     for key, value in values.items():
-        text = text.replace("{{%s}}" % key, value)
+        text = text.replace("{{" + key + "}}", value)
     return text
 
 
@@ -484,7 +484,7 @@ def run_all(opts: argparse.Namespace, logdir: Path) -> Results:
                             print(f"{label}: skipped ({res.skipped[variant]})", file=sys.stderr)
                             continue
                     result = loadgen(opts, case, variant, server, repeat)
-                except Exception as e:  # noqa: BLE001 - one failure must not lose the run
+                except Exception as e:  # one failure must not lose the run
                     res.notes.append(f"{label}: {e}")
                     print(f"{label}: FAILED {e}", file=sys.stderr)
                     continue
@@ -509,7 +509,7 @@ def paired_ratio(
 ) -> float | None:
     a = res.runs.get((case, variant), [])
     b = res.runs.get((case, base), [])
-    ratios = [x[key] / y[key] for x, y in zip(a, b) if x.get(key) and y.get(key)]
+    ratios = [x[key] / y[key] for x, y in zip(a, b, strict=False) if x.get(key) and y.get(key)]
     return median(ratios)
 
 
@@ -607,7 +607,8 @@ def targets(opts: argparse.Namespace, res: Results) -> list[str]:
     cpu = median([r.get("server_cpu_us_per_connect") for r in res.runs.get(("idle", "martd"), [])])
     if cpu is not None:
         lines.append(
-            f"- idle {case_n(opts, 'idle'):,}: server CPU per connect ≤ 200 µs: {cpu:.0f} µs — {'met' if cpu <= 200 else 'NOT met'}"
+            f"- idle {case_n(opts, 'idle'):,}: server CPU per connect ≤ 200 µs: {cpu:.0f} µs — "
+            f"{'met' if cpu <= 200 else 'NOT met'}"
         )
     slow = res.runs.get(("slow", "martd"), [])
     if slow:
@@ -640,11 +641,15 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} × {model}, Linux {platform.release()}, Python {platform.python_version()}"
+    python = platform.python_version()
+    return f"{os.cpu_count()} × {model}, Linux {platform.release()}, Python {python}"
 
 
 def versions(opts: argparse.Namespace) -> str:
-    code = "import uvicorn, uvloop, httptools; print(uvicorn.__version__, uvloop.__version__, httptools.__version__)"
+    code = (
+        "import uvicorn, uvloop, httptools;"
+        "print(uvicorn.__version__, uvloop.__version__, httptools.__version__)"
+    )
     try:
         uv, loop, ht = subprocess.run(
             [opts.python, "-c", code], check=False, capture_output=True, text=True
@@ -753,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="record martd with py-spy during each measured phase; profiles and summaries go to DIR",
+        help="record martd with py-spy during each measured phase; profiles, summaries to DIR",
     )
     parser.add_argument("--json", type=Path, help="also write every raw result here")
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
