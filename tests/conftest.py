@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 import threading
 import time
@@ -17,7 +18,10 @@ import uvicorn
 
 from martd_asgi import create_app
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "redis"]
+# Each test on Redis gets a key prefix of its own (deleted after it), so that test runs
+# that share one Redis do not disturb each other.
+REDIS_URL = os.environ.get("MARTD_TEST_REDIS_URL", "redis://127.0.0.1:6379/6")
 
 
 @pytest.fixture
@@ -89,9 +93,35 @@ def running(app: Any, **config: Any) -> Iterator[ServerThread]:
         server.stop()
 
 
+@contextlib.contextmanager
+def redis_url() -> Iterator[str]:
+    """REDIS_URL with a key prefix of its own; skips (or fails in CI) without Redis."""
+    import redis
+
+    prefix = f"martd-test-{secrets.token_hex(6)}"
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        require("redis", False, f"{REDIS_URL}: {exc}")
+    try:
+        yield f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix={prefix}"
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            for start in range(0, len(keys), 500):
+                client.delete(*keys[start : start + 500])
+        client.close()
+
+
 @pytest.fixture(params=BACKENDS)
-def backend_url(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def backend_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "redis":
+        with redis_url() as url:
+            yield url
+    else:
+        yield str(request.param)
 
 
 MOUNTS = ["root", "mounted"]

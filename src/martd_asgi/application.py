@@ -17,13 +17,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import logs
+from . import logformat, logs
 from .auth import Authority
 from .backends.base import Backend, make_backend
 from .channels import check_name, parse_push_attributes
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import Forbidden, MartdError, NotFound
+from .limits import Limits, configure_backend
+from .metrics import Metrics
 from .router import Router
 from .transports import publish as pub
 from .transports import websocket
@@ -63,9 +65,13 @@ class MartdApp:
             stall=settings.sub_stall,
             ping=settings.ping,
         )
+        self.router.sndbuf = settings.sub_sndbuf
         self.backend: Backend = make_backend(settings.backend, hold=settings.hold)
+        configure_backend(self.backend, settings)
+        self.limits = Limits(settings, self.authority, self.router, self.backend)
         self.log = logging.getLogger("martd")
-        self.counters: dict[str, int] = {"published": 0}
+        self.counters: dict[str, int] = {"published": 0, "published_bytes": 0}
+        self.metrics = Metrics(self)
         self.started = False
         self.closing = False
         self.started_at = time.time()
@@ -90,6 +96,8 @@ class MartdApp:
             await self.backend.start(self.router.deliver)
             self.router.start(interval=min(0.25, self.settings.ping / 2))
             logs.install("uvicorn.access", "uvicorn.error", "martd")
+            logformat.apply(self.settings.log_format)
+            self.metrics.start()
             self._chain_signals()
             self.closing = False
             self.started = True
@@ -103,6 +111,7 @@ class MartdApp:
         while self.router.by_channel and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self.router.stop()
+        await self.metrics.stop()
         await self.backend.aclose()
         self.started = False
 
@@ -173,6 +182,7 @@ class MartdApp:
             channel, data, parse_push_attributes(given), server=True
         )
         self.counters["published"] += 1
+        self.counters["published_bytes"] += len(data.encode())
         return result.etag
 
     # ------------------------------------------------------------------ HTTP
@@ -225,6 +235,7 @@ class MartdApp:
             "/client.mjs": self._client_mjs,
             "/healthz": self._healthz,
             "/stats": self._stats,
+            "/metrics": self._metrics,
             "/demo": self._demo,
         }
         handler = routes.get(path)
@@ -236,6 +247,7 @@ class MartdApp:
 
     async def refuse(self, request: Request, send: Send, error: MartdError) -> None:
         """Answer an error on whatever transport the request came by."""
+        self.metrics.refused(error)
         scope = request.scope
         if scope["type"] == "websocket":
             await _deny_websocket(scope, send, error)
@@ -305,6 +317,23 @@ class MartdApp:
         self.require_server(request)
         await send_json(send, 200, await self.stats())
 
+    async def _metrics(self, request: Request, send: Send) -> None:
+        self.require_server(request)
+        body, content_type = await self.metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
+        body = b"" if request.method == "HEAD" else body
+        await send({"type": "http.response.body", "body": body})
+
     async def stats(self) -> dict[str, Any]:
         backend = await self.backend.stats()
         return {
@@ -312,6 +341,9 @@ class MartdApp:
             "subscribers": self.router.subscribers(),
             "connections": self.router.by_transport(),
             "published": self.counters["published"],
+            "published_bytes": self.counters["published_bytes"],
+            "delivered_bytes": self.metrics.delivered_bytes,
+            "rejected": {f"{s} {r}": n for (s, r), n in sorted(self.metrics.rejected.items())},
             **self.router.counters,
             "uptime": round(time.time() - self.started_at, 3),
         }

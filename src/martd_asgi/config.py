@@ -47,7 +47,37 @@ FIELDS: dict[str, tuple[str, str]] = {
         "MARTD_SUB_STALL",
         "seconds a subscriber's connection may stay blocked before it is disconnected",
     ),
+    "sub_sndbuf": (
+        "MARTD_SUB_SNDBUF",
+        "bytes of kernel send buffer for each stream connection (`0`: the kernel's own sizing)",
+    ),
     "grace": ("MARTD_GRACE", "seconds given to open connections to close on shutdown"),
+    "max_channels_total": (
+        "MARTD_MAX_CHANNELS_TOTAL",
+        "channels one process stores or has subscribers for (`0`: no limit)",
+    ),
+    "max_subscribers": (
+        "MARTD_MAX_SUBSCRIBERS",
+        "subscribers of one channel in one process (`0`: no limit)",
+    ),
+    "max_connections_per_address": (
+        "MARTD_MAX_CONNECTIONS_PER_ADDRESS",
+        "open subscriptions from one client address; servers are exempt (`0`: no limit)",
+    ),
+    "push_rate": (
+        "MARTD_PUSH_RATE",
+        "pushes per second for one key-holder on one channel (`0`: no limit)",
+    ),
+    "push_burst": (
+        "MARTD_PUSH_BURST",
+        "pushes a key-holder may make at once before the rate applies",
+    ),
+    "max_retained_bytes": (
+        "MARTD_MAX_RETAINED_BYTES",
+        "memory backend: bytes of retained messages; the oldest of the largest channels go first"
+        " (`0`: no limit)",
+    ),
+    "log_format": ("MARTD_LOG_FORMAT", "`text`, or `json` for one JSON object per log line"),
 }
 
 
@@ -73,6 +103,14 @@ class Settings:
     sub_buffer_bytes: int = 4 * 1024 * 1024
     sub_stall: float = 30.0
     grace: float = 4.0
+    sub_sndbuf: int = 0
+    max_channels_total: int = 100_000
+    max_subscribers: int = 0
+    max_connections_per_address: int = 1000
+    push_rate: float = 20.0
+    push_burst: int = 40
+    max_retained_bytes: int = 256 * 1024 * 1024
+    log_format: str = "text"
 
     @property
     def signing_secret(self) -> str | None:
@@ -90,9 +128,18 @@ class Settings:
             ("sub_buffer_bytes", 1),
             ("sub_stall", 0.05),
             ("grace", 0),
+            ("sub_sndbuf", 0),
+            ("max_channels_total", 0),
+            ("max_subscribers", 0),
+            ("max_connections_per_address", 0),
+            ("push_rate", 0),
+            ("push_burst", 1),
+            ("max_retained_bytes", 0),
         ):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} ({FIELDS[name][0]}): must be at least {low}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format (MARTD_LOG_FORMAT): must be 'text' or 'json'")
         if not (self.backend == "memory" or self.backend.startswith(("redis://", "rediss://"))):
             raise ValueError(
                 "backend (MARTD_BACKEND): must be 'memory' or a redis:// / rediss:// URL"

@@ -78,6 +78,8 @@ class CORSMiddleware:
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
+        # lets the router reach the connection to cut a slow consumer (router._transport)
+        send_with_cors.__wrapped__ = send  # type: ignore[attr-defined]
         await self.app(scope, receive, send_with_cors)
 
     async def preflight(self, origin: str, scope: Scope, send: Send) -> None:

@@ -14,6 +14,7 @@ resumes by etag; it never slows the publisher or anyone else.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -23,19 +24,25 @@ from .backends.base import Control, Event
 from .channels import ZERO, EtagKey, Message
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+SHUTDOWN_STALL = 1.0  # seconds a send may stay blocked once shutdown began
 
 
 async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
     """Run to its end a coroutine that was started by hand and has suspended.
 
     It yielded what it awaits (an asyncio future, or None for a bare yield); we
-    wait for that as its Task would have, then step it again.
+    wait for that as its Task would have, then step it again. Yielding marked the
+    future as being waited for (``_asyncio_future_blocking``); a Task clears that
+    mark when it takes the future, and so must we, or awaiting it again fails
+    ("await wasn't used with future").
     """
     while True:
         try:
             if yielded is None:
                 await asyncio.sleep(0)
             else:
+                if getattr(yielded, "_asyncio_future_blocking", False):
+                    yielded._asyncio_future_blocking = False
                 await yielded
         except asyncio.CancelledError:
             coro.close()
@@ -46,6 +53,54 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
             yielded = coro.send(None)
         except StopIteration:
             return
+
+
+def _transport(send: Any) -> Any:
+    """The server's transport under ``send``, if it can be reached.
+
+    uvicorn's ``send`` is a bound method of an object that holds the connection's
+    transport. Middleware that wraps ``send`` can say what it wraps with
+    ``__wrapped__`` (as ``functools.wraps`` does).
+    """
+    for _ in range(8):
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if transport is not None:
+            return transport
+        send = getattr(send, "__wrapped__", None)
+        if send is None:
+            return None
+    return None
+
+
+def drop_connection(send: Send) -> None:
+    """Close the connection under ``send`` now, discarding what it holds unsent.
+
+    A connection that does not drain would otherwise stay open until the client
+    reads what the server buffered for it, and the server would log the handler's
+    early return as an error. Where the transport cannot be reached (another
+    server, or middleware that wraps ``send`` without ``__wrapped__``) the server
+    closes the connection itself when the handler returns.
+    """
+    abort = getattr(_transport(send), "abort", None)
+    if abort is not None:
+        abort()
+
+
+def set_send_buffer(send: Send, size: int) -> None:
+    """Bound the kernel's send buffer of the connection under ``send`` (uvicorn only).
+
+    Linux grows a socket's send buffer up to ``net.ipv4.tcp_wmem`` (4 MiB by
+    default) for a client that does not read, before ``send`` ever suspends; a
+    small fixed buffer bounds that kernel memory and lets the slow-consumer
+    policy see the client sooner.
+    """
+    get_extra_info = getattr(_transport(send), "get_extra_info", None)
+    sock = get_extra_info("socket") if get_extra_info is not None else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except (OSError, AttributeError):
+            pass
 
 
 def _uncancel() -> None:
@@ -143,6 +198,11 @@ class Subscriber:
     def control(self, control: Control) -> None:
         if self.closed or (control.kind == "kicked" and self.cid == control.keep):
             return
+        if control.kind == "missed":  # not a close: the next message says so
+            if self.missed is None:
+                self.missed = set()
+            self.missed.add(control.channel)
+            return
         if self.busy:
             self._queue(control, 0)
             return
@@ -233,6 +293,9 @@ class Subscriber:
             return
         self.closed = True
         self.router.remove(self)
+        if self.task is not None:
+            # still parked: the stall limit applies to its last words too
+            self.router.parked.add(self)
         if self.backlog:
             self.backlog = deque(item for item in self.backlog if isinstance(item, dict))
         for event in events:
@@ -247,6 +310,7 @@ class Subscriber:
         if self.task is not None:
             self.task.cancel()
             self.task = None
+        drop_connection(self.send)
         self.wake()
 
     def lost(self) -> None:
@@ -309,6 +373,7 @@ class Router:
             "connections_total": 0,
         }
         self.on_deliver: Callable[[Message, int], None] | None = None
+        self.sndbuf = 0  # bytes: the kernel send buffer of stream connections (0: as is)
 
     # -- registry
 
@@ -320,6 +385,8 @@ class Router:
             subs[sub] = None
         if sub.stream:
             self.streams[sub] = None
+            if self.sndbuf:
+                set_send_buffer(sub.send, self.sndbuf)
         self.counters["connections_total"] += 1
 
     def remove(self, sub: Subscriber) -> None:
@@ -369,6 +436,10 @@ class Router:
         sub.end("slow")
 
     def close_all(self, reason: str) -> None:
+        if reason == "shutdown":
+            # A subscriber parked on a full socket cannot take its goodbye; do not
+            # let it hold the process past the grace period.
+            self.stall = min(self.stall, SHUTDOWN_STALL)
         subs = {s for group in self.by_channel.values() for s in group}
         for sub in subs:
             sub.end(reason)
@@ -406,7 +477,7 @@ class Router:
                     event = sub.ping_event()
                     if event is not None:
                         sub.push(event)
-        for sub in [s for s in self.parked if now - s.since > self.stall and not s.closed]:
+        for sub in [s for s in self.parked if now - s.since > self.stall]:
             self.cut(sub)
         if self._wake:
             due = [sub for when, sub in self._wake if when <= now]

@@ -18,8 +18,10 @@ from ..channels import History, Message, PushAttributes
 class Control:
     """A control event for the subscribers of one channel.
 
-    ``kind`` is ``deleted`` (the channel was dropped: tell and close everyone)
-    or ``kicked`` (one2one was switched on: everyone but ``keep`` goes).
+    ``kind`` is ``deleted`` (the channel was dropped: tell and close everyone),
+    ``kicked`` (one2one was switched on: everyone but ``keep`` goes) or
+    ``missed`` (messages were lost before they could be delivered, e.g. evicted
+    while a backend was reconnecting: the next delivery is marked missed).
     """
 
     kind: str

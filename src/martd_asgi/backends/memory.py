@@ -25,12 +25,28 @@ from ..channels import (
     hash_key,
     key_matches,
 )
-from ..errors import Conflict, Forbidden
+from ..errors import Conflict, Forbidden, TooManyRequests
 from .base import ChannelInfo, Control, Deliver, PublishResult
+
+# What a retained message costs besides its payload (object, etag, cached frames' headers).
+MESSAGE_OVERHEAD = 200
+
+
+def message_cost(msg: Message) -> int:
+    return len(msg.data) + MESSAGE_OVERHEAD
 
 
 class _Channel:
-    __slots__ = ("attrs", "dropped", "dropped_live", "first", "key_hash", "last", "messages")
+    __slots__ = (
+        "attrs",
+        "bytes",
+        "dropped",
+        "dropped_live",
+        "first",
+        "key_hash",
+        "last",
+        "messages",
+    )
 
     def __init__(self, attrs: Attributes, key_hash: str | None) -> None:
         self.attrs = attrs
@@ -40,8 +56,10 @@ class _Channel:
         self.last: EtagKey = ZERO  # newest etag
         self.dropped: EtagKey = ZERO  # newest etag evicted or expired
         self.dropped_live: EtagKey = ZERO  # the same, counting only non-empty messages
+        self.bytes = 0  # message_cost of the retained messages
 
     def drop(self, msg: Message) -> None:
+        self.bytes -= message_cost(msg)
         self.dropped = max(self.dropped, msg.key)
         if not msg.empty:
             self.dropped_live = max(self.dropped_live, msg.key)
@@ -82,6 +100,10 @@ class MemoryBackend:
         self._deliver: Deliver = lambda event: None
         self._timer: asyncio.TimerHandle | None = None
         self.published = 0
+        self.max_channels = 0  # 0: no limit (set from MARTD_MAX_CHANNELS_TOTAL)
+        self.max_retained_bytes = 0  # 0: no limit (MARTD_MAX_RETAINED_BYTES)
+        self.retained_bytes = 0
+        self.evicted = 0  # messages dropped to keep retained_bytes under its limit
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -106,17 +128,20 @@ class MemoryBackend:
             if channel is None:
                 continue
             kept: deque[Message] = deque()
+            before = channel.bytes
             for msg in channel.messages:
                 if msg.expires <= now:
                     channel.drop(msg)
                 else:
                     kept.append(msg)
             channel.messages = kept
+            self.retained_bytes -= before - channel.bytes
             self._maybe_drop(name)
 
     def _maybe_drop(self, name: str) -> None:
         channel = self._channels.get(name)
         if channel is not None and not channel.messages and not self._subscribers.get(name):
+            self.retained_bytes -= channel.bytes
             del self._channels[name]
 
     def _get(self, name: str) -> _Channel | None:
@@ -153,6 +178,12 @@ class MemoryBackend:
 
         created = current is None
         if current is None:
+            if self.max_channels and len(self._channels) >= self.max_channels:
+                raise TooManyRequests(
+                    f"channels: this server has reached its limit of {self.max_channels}"
+                    " channels; try again later",
+                    retry_after=5,
+                )
             current = _Channel(new_attrs, None if attrs.key is None else hash_key(attrs.key))
             self._channels[channel] = current
         switched_on = new_attrs.one2one and not current.attrs.one2one and not created
@@ -165,8 +196,13 @@ class MemoryBackend:
         current.last = key
         queue = current.messages
         queue.append(msg)
+        cost = message_cost(msg)
+        current.bytes += cost
+        self.retained_bytes += cost
         while len(queue) > new_attrs.size:
-            current.drop(queue.popleft())
+            old = queue.popleft()
+            current.drop(old)
+            self.retained_bytes -= message_cost(old)
         heapq.heappush(self._expiry, (msg.expires, channel))
         self.published += 1
 
@@ -178,6 +214,8 @@ class MemoryBackend:
             self._deliver(Control("kicked", channel, keep))
         if data:
             self._deliver(msg)
+        if self.max_retained_bytes and self.retained_bytes > self.max_retained_bytes:
+            self.evict()
         return PublishResult(
             channel=channel,
             etag=msg.etag,
@@ -205,6 +243,7 @@ class MemoryBackend:
         current = self._get(channel)
         if current is None:
             return False
+        self.retained_bytes -= current.bytes
         del self._channels[channel]
         self._holds.pop(channel, None)
         self._deliver(Control("deleted", channel))
@@ -276,6 +315,31 @@ class MemoryBackend:
                 del self._holds[channel]
         self._maybe_drop(channel)
 
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    def holds_channel(self, name: str) -> bool:
+        return name in self._channels
+
+    def evict(self) -> None:
+        """Drop the oldest messages of the largest channels until retained memory is
+        back under 90% of its limit. Subscribers resuming from before them are told
+        they missed messages, as with any eviction."""
+        target = self.max_retained_bytes * 9 // 10
+        heap = [(-c.bytes, name) for name, c in self._channels.items() if c.messages]
+        heapq.heapify(heap)
+        while heap and self.retained_bytes > target:
+            _, name = heapq.heappop(heap)
+            channel = self._channels[name]
+            old = channel.messages.popleft()
+            channel.drop(old)
+            self.retained_bytes -= message_cost(old)
+            self.evicted += 1
+            if channel.messages:
+                heapq.heappush(heap, (-channel.bytes, name))
+            else:
+                self._maybe_drop(name)
+
     async def healthy(self) -> bool:
         return True
 
@@ -285,4 +349,6 @@ class MemoryBackend:
             "channels": len(self._channels),
             "messages": sum(len(c.messages) for c in self._channels.values()),
             "published": self.published,
+            "retained_bytes": self.retained_bytes,
+            "evicted": self.evicted,
         }

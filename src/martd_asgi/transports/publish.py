@@ -23,8 +23,11 @@ async def publish(app: MartdApp, request: Request, channel: str, receive: Receiv
             "the secret or a token that grants publish",
             field="key",
         )
+    if not server:
+        app.limits.check_push(channel, attrs.key)
     result = await app.backend.publish(channel, data, attrs, server=server)
     app.counters["published"] += 1
+    app.counters["published_bytes"] += len(data.encode()) if not data.isascii() else len(data)
     await send_json(send, 201 if result.created else 200, result.body())
 
 

@@ -43,13 +43,17 @@ async def subscribe(
         app.authority.check_subscribe(request.scope, request.headers, request.query, req.channels)
         if app.closing:
             raise Unavailable("server: shutting down; reconnect", retry_after=1)
+        address = app.limits.admit(request.scope, request.headers, request.query, req.channels)
     except MartdError as error:
         await app.refuse(request, send, error)
         return
-    if req.transport == "websocket":
-        await app.websocket(app, request, req, receive, send)
-        return
-    await run(app, request, req, receive, send)
+    try:
+        if req.transport == "websocket":
+            await app.websocket(app, request, req, receive, send)
+            return
+        await run(app, request, req, receive, send)
+    finally:
+        app.limits.release(address)
 
 
 async def attach(app: MartdApp, req: Subscription) -> list[str]:

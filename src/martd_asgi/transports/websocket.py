@@ -134,6 +134,8 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
         server = app.authority.is_server(request.scope, request.headers, request.query, channel)
         if not server and attrs.key is None:
             raise Forbidden("key: not a server; pushing needs the channel's key", field="key")
+        if not server:
+            app.limits.check_push(channel, attrs.key)
         try:
             result = await app.backend.publish(channel, data, attrs, server=server)
         except MartdError:
@@ -142,8 +144,10 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
             app.log.warning("push over WebSocket failed", exc_info=True)
             raise Unavailable("backend: the push could not be stored; try again") from None
     except MartdError as error:
+        app.metrics.refused(error)
         return frame({"type": "error", "id": ident, **error.body(), "status": error.status})
     app.counters["published"] += 1
+    app.counters["published_bytes"] += len(data.encode())
     return frame({"type": "ack", "id": ident, **result.body()})
 
 

@@ -1,0 +1,426 @@
+"""The Redis backend: channels live in Redis, so many processes and hosts act as one.
+
+Each change to a channel is one Lua script (``redis_lua``): it validates the
+push, appends to the channel's stream, trims it and PUBLISHes a notification,
+atomically, so pushes from every process get one order and the stream ids are
+the etags everywhere. ``redis_fanout`` brings the notifications to this
+process's subscribers over one pub/sub connection, and catches up from the
+streams after a reconnect.
+
+While Redis cannot be reached, pushes fail with 503, never silently.
+Subscriber counts and one2one holds are leases that each process renews, so a
+crashed process's subscribers lapse on their own.
+
+The URL is redis-py's (``redis://[user:password@]host:port/db``,
+``rediss://`` for TLS) with martd's own query options: ``prefix=`` (of every
+key, ``martd`` by default), ``cluster=1`` (Redis Cluster, the URL names any
+node), ``sentinel=NAME`` (the URL names a Sentinel, ``sentinels=h:p,h:p``
+more of them, and NAME the monitored master).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ..channels import (
+    MAX_LIFE,
+    ZERO,
+    History,
+    Message,
+    PushAttributes,
+    etag_key,
+    format_etag,
+    hash_key,
+)
+from ..errors import Conflict, Forbidden, Unavailable
+from . import redis_lua
+from .base import ChannelInfo, Deliver, PublishResult
+from .redis_fanout import Fanout
+
+log = logging.getLogger("martd.redis")
+
+# Errors that mean "Redis is not there right now": answered 503, retried later.
+DOWN = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError)
+COUNT_EVERY = 5.0  # seconds between counts of all channels for /stats
+ID_LIMIT = 1 << 53  # stream ids above this cannot be compared exactly in Lua
+
+FORBIDDEN = {
+    "key": ("key: this channel needs its key to push", "key"),
+    "create": ("channel: only a server can create a channel", "channel"),
+    "nokey": ("key: only a server can push into this channel", "key"),
+    "addkey": (
+        "key: a key is set when the channel is created and cannot be added later",
+        "key",
+    ),
+}
+
+
+def connect(url: str, options: dict[str, Any]) -> tuple[Any, str, list[Any]]:
+    """A redis-py asyncio client for ``url``, the key prefix it asks for, and
+    the further clients to close with it (Sentinel's)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    prefix = query.pop("prefix", "martd")
+    cluster = query.pop("cluster", "").lower() in ("1", "true", "yes")
+    master = query.pop("sentinel", None)
+    more = [h for h in query.pop("sentinels", "").split(",") if h]
+    plain = urlunsplit(parts._replace(query=urlencode(query)))
+    options = {"decode_responses": True, **options}
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        if not hasattr(RedisCluster, "pubsub"):
+            raise ValueError(
+                "backend: Redis Cluster needs redis-py 8 or later (pip install -U redis)"
+            )
+        return RedisCluster.from_url(plain, **options), prefix, []
+    if master:
+        from redis.asyncio.sentinel import Sentinel
+
+        hosts = [(parts.hostname or "127.0.0.1", parts.port or 26379)]
+        hosts += [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in more]
+        auth = {"username": parts.username, "password": parts.password}
+        tls = {"ssl": True} if parts.scheme == "rediss" else {}
+        timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
+        sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, **tls}, **tls)  # type: ignore[no-untyped-call]
+        db = int(parts.path.strip("/") or 0)
+        client = sentinel.master_for(master, **{"db": db, **auth, **options})
+        return client, prefix, list(sentinel.sentinels)
+    return aioredis.Redis.from_url(plain, **options), prefix, []
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        hold: float = 30.0,
+        lease: float = 30.0,
+        timeout: float = 5.0,
+        publish_wait: float = 1.0,
+        **options: Any,
+    ) -> None:
+        options.setdefault("socket_timeout", timeout)
+        options.setdefault("socket_connect_timeout", min(timeout, 2.0))
+        # No retries: a retried script whose reply was lost would push twice.
+        options.setdefault("retry", Retry(NoBackoff(), 0))
+        self._client, self._prefix, self._others = connect(url, options)
+        self._fanout = Fanout(self._client, f"{self._prefix}:events", self._keys)
+        self._renew_now = asyncio.Event()
+        self._fanout.on_reconnect = self._renew_now.set
+        self._node = secrets.token_hex(8)
+        self._hold_ms = int(hold * 1000)
+        self._lease_ms = int(lease * 1000)
+        self._keep_ms = max(self._lease_ms, self._hold_ms) + self._lease_ms
+        self._id_ttl_ms = 2 * MAX_LIFE * 1000
+        self._refresh_every = lease / 3
+        self._publish_wait = publish_wait
+        register = self._client.register_script
+        self._publish = register(redis_lua.PUBLISH)
+        self._info = register(redis_lua.INFO)
+        self._history = register(redis_lua.HISTORY)
+        self._delete = register(redis_lua.DELETE)
+        self._attach = register(redis_lua.ATTACH)
+        self._detach = register(redis_lua.DETACH)
+        self._refresh = register(redis_lua.REFRESH)
+        # channel -> cid -> open connections in this process
+        self._conns: dict[str, dict[str, int]] = {}
+        self._dirty: set[str] = set()  # channels whose leases need rewriting
+        self._detaching = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._counted: tuple[float, int, int] = (-COUNT_EVERY, 0, 0)
+        self.published = 0
+
+    # ---------------------------------------------------------------- keys
+
+    def _keys(self, channel: str) -> list[str]:
+        base = f"{self._prefix}:{{{channel}}}:"
+        return [base + "h", base + "s", base + "id", base + "n", base + "o"]
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except DOWN as exc:
+            raise Unavailable("backend: Redis cannot be reached; try again", retry_after=1) from exc
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, deliver: Deliver) -> None:
+        self._fanout.deliver = deliver
+        self._tasks = [
+            asyncio.ensure_future(self._fanout.run()),
+            asyncio.ensure_future(self._renew()),
+        ]
+        # Give the pub/sub connection a moment, but start even when Redis is away.
+        deadline = time.monotonic() + 2.0
+        while not self._fanout.listening and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def aclose(self) -> None:
+        # Subscribers closed at shutdown are still detaching: give them a moment.
+        deadline = time.monotonic() + 1.0
+        while self._detaching and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for channel in list(self._fanout.seen):
+            self._fanout.untrack(channel)
+        await self._client.aclose()
+        for other in self._others:
+            await other.aclose()
+
+    # ---------------------------------------------------------------- leases
+
+    async def _renew(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), self._refresh_every)
+            self._renew_now.clear()
+            try:
+                await self.renew()
+            except Exception as exc:  # retried on the next round
+                log.debug("lease renewal failed: %s", exc)
+
+    async def renew(self) -> None:
+        """Rewrite this process's subscriber counts and holds on every channel it serves."""
+        channels = set(self._conns) | self._dirty
+        pending = list(channels)
+        for start in range(0, len(pending), 100):
+            batch = pending[start : start + 100]
+            await asyncio.gather(*(self._renew_one(c) for c in batch))
+
+    async def _renew_one(self, channel: str) -> None:
+        cids = self._conns.get(channel, {})
+        live = [cid for cid, n in cids.items() if n > 0]
+        args = [self._node, sum(cids.values()), self._lease_ms, self._keep_ms, *live]
+        await self._call(self._refresh, self._keys(channel), args)
+        self._dirty.discard(channel)
+
+    # ------------------------------------------------------------------ pushes
+
+    async def publish(
+        self, channel: str, data: str, attrs: PushAttributes, *, server: bool
+    ) -> PublishResult:
+        resolved = attrs.resolved()
+
+        def given(value: Any) -> str:
+            return "" if value is None else _arg(value)
+
+        args = [
+            self._fanout.events,
+            channel,
+            data,
+            "1" if server else "0",
+            resolved.size,
+            resolved.life,
+            _arg(resolved.one2one),
+            "" if attrs.key is None else hash_key(attrs.key),
+            given(attrs.size),
+            given(attrs.life),
+            given(attrs.one2one),
+            self._lease_ms,
+            self._id_ttl_ms,
+        ]
+        reply = await self._call(self._publish, self._keys(channel), args)
+        if reply[0] == "err":
+            reason = reply[1]
+            if reason in FORBIDDEN:
+                message, field = FORBIDDEN[reason]
+                raise Forbidden(message, field=field)
+            raise Forbidden(f"{reason}: only a server can change attributes", field=reason)
+        etag = reply[1]
+        self.published += 1
+        key = etag_key(etag)
+        if data and key is not None:
+            await self._fanout.delivered(channel, key, self._publish_wait)
+        return PublishResult(
+            channel=channel,
+            etag=etag,
+            subscribers=int(reply[2]),
+            messages=int(reply[3]),
+            created=bool(reply[4]),
+        )
+
+    async def info(self, channel: str) -> ChannelInfo | None:
+        keys = self._keys(channel)
+        reply = await self._call(self._info, [keys[0], keys[1], keys[3]], [])
+        if reply is None:
+            return None
+        size, life, one2one, has_key, last, messages, subscribers = reply
+        return ChannelInfo(
+            channel=channel,
+            etag=last if last != "0-0" else "0",
+            subscribers=int(subscribers),
+            messages=int(messages),
+            size=int(size),
+            life=int(life),
+            one2one=one2one == "1",
+            has_key=bool(has_key),
+        )
+
+    async def delete(self, channel: str) -> bool:
+        keys = self._keys(channel)
+        reply = await self._call(
+            self._delete, [keys[0], keys[1], keys[3], keys[4]], [self._fanout.events, channel]
+        )
+        return bool(reply)
+
+    # ------------------------------------------------------------- subscribers
+
+    async def history(self, channel: str, after: str | None) -> History:
+        key = None if after is None or after == "0" else etag_key(after)
+        ours = key is not None and key[0] < ID_LIMIT and key[1] < ID_LIMIT
+        arg = "" if after is None else (format_etag(key) if ours and key else "0")
+        keys = self._keys(channel)
+        reply = await self._call(self._history, [keys[0], keys[1], keys[3]], [arg])
+        if reply is None:
+            return History([], missed=after not in (None, "0"), last_etag="0", exists=False)
+        last, given_out, dropped_live, entries = reply
+        last_etag = last if last != "0-0" else "0"
+        live = []
+        for ident, fields in entries:
+            data = _field(fields, "d")
+            mkey = etag_key(ident)
+            if data and mkey is not None:
+                live.append(Message(channel, mkey, data, int(_field(fields, "x") or 0) / 1000))
+        if after is None:
+            return History([], missed=False, last_etag=last_etag, exists=True)
+        if after == "0":
+            return History(live, missed=False, last_etag=last_etag, exists=True)
+        if not ours or not given_out or key is None:
+            return History(live, missed=True, last_etag=last_etag, exists=True)
+        return History(
+            live,
+            missed=(etag_key(dropped_live) or ZERO) > key,
+            last_etag=last_etag,
+            exists=True,
+        )
+
+    async def attach(self, channel: str, cid: str) -> None:
+        cids = self._conns.setdefault(channel, {})
+        cids[cid] = cids.get(cid, 0) + 1
+        try:
+            args = [cid, self._node, 1, self._lease_ms, self._keep_ms]
+            reply = await self._call(
+                self._attach, self._keys(channel)[:2] + self._keys(channel)[3:], args
+            )
+        except BaseException:
+            self._forget(channel, cid)
+            self._dirty.add(channel)
+            raise
+        if reply[0] == "conflict":
+            self._forget(channel, cid)
+            raise Conflict(
+                f"channel: {channel!r} is one2one and another client holds it", channel=channel
+            )
+        self._fanout.track(channel, etag_key(reply[1]) or ZERO)
+
+    def _forget(self, channel: str, cid: str) -> tuple[int, int]:
+        """One connection fewer; returns what is left on this channel and for this cid."""
+        cids = self._conns.get(channel)
+        if cids is None:
+            return 0, 0
+        left = cids.get(cid, 0) - 1
+        if left > 0:
+            cids[cid] = left
+        else:
+            cids.pop(cid, None)
+            left = 0
+        if not cids:
+            del self._conns[channel]
+            self._fanout.untrack(channel)
+        return sum(cids.values()), left
+
+    async def detach(self, channel: str, cid: str) -> None:
+        conns, left = self._forget(channel, cid)
+        keys = self._keys(channel)
+        args = [cid, self._node, conns, left, self._lease_ms, self._hold_ms]
+        self._detaching += 1
+        try:
+            await self._call(self._detach, keys[:2] + keys[3:], args)
+        except Unavailable:
+            self._dirty.add(channel)
+            raise
+        finally:
+            self._detaching -= 1
+
+    async def healthy(self) -> bool:
+        if not self._fanout.listening:
+            return False
+        try:
+            return bool(await asyncio.wait_for(self._client.ping(), 2.0))
+        except Exception:  # unhealthy, whatever the cause
+            return False
+
+    async def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if now - self._counted[0] > COUNT_EVERY:
+            try:
+                self._counted = (now, *await self._count())
+            except DOWN:
+                pass
+        return {
+            "backend": self.name,
+            "channels": self._counted[1],
+            "messages": self._counted[2],
+            "published": self.published,
+            "redis_connected": self._fanout.listening,
+            "redis_reconnects": self._fanout.reconnects,
+            "local_channels": len(self._conns),
+        }
+
+    async def _count(self) -> tuple[int, int]:
+        """Channels and retained messages in all of Redis: a SCAN, so not on every call."""
+        channels = messages = 0
+        pattern = _glob_escape(self._prefix) + ":{*}:h"
+        batch: list[str] = []
+
+        async def lengths() -> int:
+            found = await asyncio.gather(*(self._client.xlen(k[:-1] + "s") for k in batch))
+            batch.clear()
+            return sum(found)
+
+        async for key in self._client.scan_iter(match=pattern, count=1000, _type="HASH"):
+            channels += 1
+            batch.append(key)
+            if len(batch) >= 200:
+                messages += await lengths()
+        messages += await lengths()
+        return channels, messages
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _arg(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def _field(fields: Any, name: str) -> str:
+    """A field of a stream entry as Lua hands it over (a flat list) or redis-py (a dict)."""
+    if isinstance(fields, dict):
+        return str(fields.get(name, ""))
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == name:
+            return str(fields[i + 1])
+    return ""

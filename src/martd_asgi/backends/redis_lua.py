@@ -1,0 +1,357 @@
+"""The Lua scripts of the Redis backend: each change to a channel is one script.
+
+A script runs atomically, so pushes from many processes get one order and
+etags that never collide. Every key a script touches belongs to one channel
+and carries its ``{name}`` hash tag, so a channel lives in one Redis Cluster
+slot. Times are Redis's own clock (``TIME``), the same for every process.
+
+Keys of a channel (see docs/scaling.md):
+
+    h   hash    size life one2one key(sha256) first last dropped droppedl nx mx lx fifo
+    s   stream  one entry per message: x (expiry, ms since the epoch), d (data)
+    id  string  the newest id given out; outlives the channel so ids never repeat
+    n   hash    node -> "connections lease-expiry": subscribers per process
+    o   hash    cid -> "arrival expiry" (one2one holds and their order), "#" -> counter
+"""
+
+from __future__ import annotations
+
+COMMON = r"""
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function parse_id(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+
+local function id_gt(a, b)
+  local am, as = parse_id(a)
+  local bm, bs = parse_id(b)
+  return am > bm or (am == bm and as > bs)
+end
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+
+-- Remove expired messages; keep track of the newest dropped ids for `missed`.
+local function trim_expired(h, s, now)
+  local nx = tonumber(redis.call('HGET', h, 'nx') or '0')
+  if nx == 0 or nx > now then return end
+  local fifo = redis.call('HGET', h, 'fifo') ~= '0'
+  local dropped = redis.call('HGET', h, 'dropped') or '0-0'
+  local droppedl = redis.call('HGET', h, 'droppedl') or '0-0'
+  local newnx = 0
+  local start = '-'
+  local prev = 0
+  local ordered = true
+  while true do
+    local batch = redis.call('XRANGE', s, start, '+', 'COUNT', 200)
+    if #batch == 0 then break end
+    local gone = {}
+    local stop = false
+    for _, e in ipairs(batch) do
+      local x = tonumber(e[2][2])
+      if x <= now then
+        gone[#gone + 1] = e[1]
+        if id_gt(e[1], dropped) then dropped = e[1] end
+        if e[2][4] ~= '' and id_gt(e[1], droppedl) then droppedl = e[1] end
+      else
+        if newnx == 0 or x < newnx then newnx = x end
+        if x < prev then ordered = false end
+        prev = x
+        if fifo then stop = true break end
+      end
+    end
+    if #gone > 0 then redis.call('XDEL', s, unpack(gone)) end
+    if stop then break end
+    start = '(' .. batch[#batch][1]
+  end
+  redis.call('HSET', h, 'nx', fmt(newnx), 'dropped', dropped, 'droppedl', droppedl)
+  if not fifo and ordered then redis.call('HSET', h, 'fifo', '1') end
+end
+
+-- Live subscribers across processes; forgets processes whose lease lapsed.
+local function count_subs(n, now)
+  local all = redis.call('HGETALL', n)
+  local total = 0
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local sp = string.find(v, ' ', 1, true)
+    local conns = tonumber(string.sub(v, 1, sp - 1))
+    local exp = tonumber(string.sub(v, sp + 1))
+    if exp <= now or conns <= 0 then
+      redis.call('HDEL', n, all[i])
+    else
+      total = total + conns
+    end
+  end
+  return total
+end
+
+-- The channel exists while it holds messages or has subscribers.
+local function alive(h, s, n, now)
+  local subs = count_subs(n, now)
+  if redis.call('EXISTS', h) == 0 then return false, subs end
+  trim_expired(h, s, now)
+  if subs == 0 and redis.call('XLEN', s) == 0 then
+    redis.call('DEL', h, s)
+    return false, 0
+  end
+  return true, subs
+end
+
+-- Keys live as long as their newest message, and a lease longer with subscribers.
+local function set_expiry(h, s, subs, now, lease, mx)
+  local at = mx or tonumber(redis.call('HGET', h, 'mx') or '0')
+  if subs > 0 and now + lease > at then at = now + lease end
+  if at <= now then at = now + 1000 end
+  redis.call('PEXPIREAT', h, at)
+  redis.call('PEXPIREAT', s, at)
+end
+
+-- The client holding a one2one channel: the earliest whose hold has not lapsed.
+local function holder(o, now)
+  local all = redis.call('HGETALL', o)
+  local best, best_seq = false, nil
+  for i = 1, #all, 2 do
+    local cid = all[i]
+    if cid ~= '#' then
+      local v = all[i + 1]
+      local sp = string.find(v, ' ', 1, true)
+      local seq = tonumber(string.sub(v, 1, sp - 1))
+      local exp = tonumber(string.sub(v, sp + 1))
+      if exp <= now then
+        redis.call('HDEL', o, cid)
+      elseif best_seq == nil or seq < best_seq then
+        best, best_seq = cid, seq
+      end
+    end
+  end
+  return best
+end
+
+local function touch_hold(o, cid, now, lease, keep_ms)
+  local cur = redis.call('HGET', o, cid)
+  local seq, exp
+  if cur then
+    local sp = string.find(cur, ' ', 1, true)
+    seq = string.sub(cur, 1, sp - 1)
+    exp = tonumber(string.sub(cur, sp + 1))
+    if exp <= now then cur = false end
+  end
+  if not cur then
+    seq = fmt(redis.call('HINCRBY', o, '#', 1))
+    exp = 0
+  end
+  if now + lease > exp then exp = now + lease end
+  redis.call('HSET', o, cid, seq .. ' ' .. fmt(exp))
+  redis.call('PEXPIRE', o, keep_ms)
+end
+"""
+
+# KEYS h s id n o; ARGV events channel data server size life one2one keyhash
+#   given_size given_life given_one2one lease_ms id_ttl_ms
+# -> {'ok', etag, subscribers, messages, created, kicked, keep}  or  {'err', reason}
+PUBLISH = r"""
+local h, s, idk, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local events, channel, data = ARGV[1], ARGV[2], ARGV[3]
+local server = ARGV[4] == '1'
+local keyhash = ARGV[8]
+local lease = tonumber(ARGV[12])
+local now = now_ms()
+local exists, subs = alive(h, s, n, now)
+local cur = {false, false, false, false, false, false, false, false, false}
+if exists then
+  cur = redis.call('HMGET', h, 'size', 'life', 'one2one', 'key', 'dropped', 'droppedl', 'nx',
+    'mx', 'lx')
+end
+local cur_key = cur[4]
+if cur_key and cur_key ~= keyhash then return {'err', 'key'} end
+local size, life, one2one
+if not server then
+  if not exists then return {'err', 'create'} end
+  if not cur_key then return {'err', 'nokey'} end
+  local names = {'size', 'life', 'one2one'}
+  for i = 1, 3 do
+    local given = ARGV[8 + i]
+    if given ~= '' and given ~= cur[i] then return {'err', names[i]} end
+  end
+  size, life, one2one = cur[1], cur[2], cur[3]
+else
+  if exists and not cur_key and keyhash ~= '' then return {'err', 'addkey'} end
+  size, life, one2one = ARGV[5], ARGV[6], ARGV[7]
+end
+local switched_on = exists and one2one == '1' and cur[3] ~= '1'
+
+local floor = redis.call('GET', idk) or '0-0'
+local fm, fs = parse_id(floor)
+local id
+if now > fm then id = fmt(now) .. '-0' else id = fmt(fm) .. '-' .. fmt(fs + 1) end
+local x = now + tonumber(life) * 1000
+redis.call('XADD', s, id, 'x', fmt(x), 'd', data)
+redis.call('SET', idk, id, 'PX', ARGV[13])
+
+local dropped = cur[5] or '0-0'
+local droppedl = cur[6] or '0-0'
+local len = redis.call('XLEN', s)
+local over = len - tonumber(size)
+if over > 0 then
+  local gone = {}
+  for _, e in ipairs(redis.call('XRANGE', s, '-', '+', 'COUNT', over)) do
+    gone[#gone + 1] = e[1]
+    if id_gt(e[1], dropped) then dropped = e[1] end
+    if e[2][4] ~= '' and id_gt(e[1], droppedl) then droppedl = e[1] end
+    if #gone >= 500 then redis.call('XDEL', s, unpack(gone)) gone = {} end
+  end
+  if #gone > 0 then redis.call('XDEL', s, unpack(gone)) end
+  len = len - over
+end
+
+local nx = tonumber(cur[7] or '0')
+if nx == 0 or x < nx then nx = x end
+local mx = tonumber(cur[8] or '0')
+if x > mx then mx = x end
+if x < tonumber(cur[9] or '0') then redis.call('HSET', h, 'fifo', '0') end
+if not exists then
+  redis.call('HSET', h, 'first', id, 'fifo', '1')
+  if keyhash ~= '' then redis.call('HSET', h, 'key', keyhash) end
+end
+redis.call('HSET', h, 'size', size, 'life', life, 'one2one', one2one, 'last', id,
+  'dropped', dropped, 'droppedl', droppedl, 'nx', fmt(nx), 'mx', fmt(mx), 'lx', fmt(x))
+set_expiry(h, s, subs, now, lease, mx)
+
+local keep = ''
+if switched_on then
+  keep = holder(o, now) or ''
+  for _, cid in ipairs(redis.call('HKEYS', o)) do
+    if cid ~= '#' and cid ~= keep then redis.call('HDEL', o, cid) end
+  end
+  redis.call('PUBLISH', events, 'k' .. channel .. '\n' .. keep)
+end
+if data ~= '' then
+  redis.call('PUBLISH', events, 'm' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. data)
+end
+local created = 0
+if not exists then created = 1 end
+return {'ok', id, subs, len, created}
+"""
+
+# KEYS h s n -> false | {size, life, one2one, has_key, last, messages, subscribers}
+INFO = r"""
+local h, s, n = KEYS[1], KEYS[2], KEYS[3]
+local now = now_ms()
+local exists, subs = alive(h, s, n, now)
+if not exists then return false end
+local v = redis.call('HMGET', h, 'size', 'life', 'one2one', 'key', 'last')
+local has_key = 0
+if v[4] then has_key = 1 end
+return {v[1], v[2], v[3], has_key, v[5] or '0', redis.call('XLEN', s), subs}
+"""
+
+# KEYS h s n; ARGV after ('' none, '0' all, or an id)
+# -> false | {last, given_out, dropped_live, entries}
+HISTORY = r"""
+local h, s, n = KEYS[1], KEYS[2], KEYS[3]
+local after = ARGV[1]
+local now = now_ms()
+local exists = alive(h, s, n, now)
+if not exists then return false end
+local v = redis.call('HMGET', h, 'last', 'first', 'dropped', 'droppedl')
+local last, first, dropped, droppedl = v[1] or '0-0', v[2] or '0-0', v[3] or '0-0', v[4] or '0-0'
+if after == '' then return {last, 1, droppedl, {}} end
+if after == '0' then return {last, 1, droppedl, redis.call('XRANGE', s, '-', '+')} end
+local retained = #redis.call('XRANGE', s, after, after) > 0
+local given = retained or (not id_gt(first, after) and not id_gt(after, dropped))
+if not given then return {last, 0, droppedl, redis.call('XRANGE', s, '-', '+')} end
+return {last, 1, droppedl, redis.call('XRANGE', s, '(' .. after, '+')}
+"""
+
+# KEYS h s n o; ARGV events channel -> 1 deleted, 0 no such channel
+DELETE = r"""
+local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now = now_ms()
+if not alive(h, s, n, now) then return 0 end
+redis.call('DEL', h, s, o)
+redis.call('PUBLISH', ARGV[1], 'd' .. ARGV[2])
+return 1
+"""
+
+# KEYS h s n o; ARGV cid node delta lease_ms keep_ms
+# -> {'ok', last} or {'conflict'}
+ATTACH = r"""
+local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local cid, node = ARGV[1], ARGV[2]
+local lease, keep_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = now_ms()
+local exists = redis.call('EXISTS', h) == 1
+if exists and redis.call('HGET', h, 'one2one') == '1' then
+  local who = holder(o, now)
+  if who and who ~= cid then return {'conflict'} end
+end
+touch_hold(o, cid, now, lease, keep_ms)
+local cur = redis.call('HGET', n, node)
+local conns = 0
+if cur then conns = tonumber(string.sub(cur, 1, string.find(cur, ' ', 1, true) - 1)) end
+redis.call('HSET', n, node, fmt(conns + tonumber(ARGV[3])) .. ' ' .. fmt(now + lease))
+redis.call('PEXPIRE', n, keep_ms)
+local last = '0-0'
+if exists then
+  last = redis.call('HGET', h, 'last') or '0-0'
+  set_expiry(h, s, 1, now, lease)
+end
+return {'ok', last}
+"""
+
+# KEYS h s n o; ARGV cid node conns_left_on_node cid_conns_left_on_node lease_ms hold_ms
+DETACH = r"""
+local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local cid, node = ARGV[1], ARGV[2]
+local conns, cid_conns = tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease, hold = tonumber(ARGV[5]), tonumber(ARGV[6])
+local now = now_ms()
+if conns > 0 then
+  redis.call('HSET', n, node, fmt(conns) .. ' ' .. fmt(now + lease))
+else
+  redis.call('HDEL', n, node)
+end
+local exists = redis.call('EXISTS', h) == 1
+if cid_conns <= 0 then
+  local cur = redis.call('HGET', o, cid)
+  if cur and exists and hold > 0 and redis.call('HGET', h, 'one2one') == '1' then
+    local seq = string.sub(cur, 1, string.find(cur, ' ', 1, true) - 1)
+    redis.call('HSET', o, cid, seq .. ' ' .. fmt(now + hold))
+  elseif cur then
+    redis.call('HDEL', o, cid)
+  end
+end
+local alive_now, subs = alive(h, s, n, now)
+if alive_now then set_expiry(h, s, subs, now, lease) end
+return 1
+"""
+
+# KEYS h s n o; ARGV node conns lease_ms keep_ms cid...
+# Renews this process's leases on a channel (subscriber count and holds).
+REFRESH = r"""
+local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local node, conns = ARGV[1], tonumber(ARGV[2])
+local lease, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+if conns > 0 then
+  redis.call('HSET', n, node, fmt(conns) .. ' ' .. fmt(now + lease))
+  redis.call('PEXPIRE', n, keep_ms)
+else
+  redis.call('HDEL', n, node)
+end
+for i = 5, #ARGV do touch_hold(o, ARGV[i], now, lease, keep_ms) end
+local alive_now, subs = alive(h, s, n, now)
+if alive_now then set_expiry(h, s, subs, now, lease) end
+return 1
+"""
+
+PUBLISH, INFO, HISTORY, DELETE, ATTACH, DETACH, REFRESH = (
+    COMMON + body for body in (PUBLISH, INFO, HISTORY, DELETE, ATTACH, DETACH, REFRESH)
+)

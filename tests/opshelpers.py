@@ -1,0 +1,91 @@
+"""Helpers for the operations tests: /metrics, a uvicorn subprocess, percentiles."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+class UvicornProcess:
+    """``uvicorn martd_asgi:app`` in a subprocess, configured by environment."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.env = {**os.environ, **env}
+        self.args = args
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - open while the server runs
+        self.final = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> UvicornProcess:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        command = [
+            sys.executable, "-m", "uvicorn", "martd_asgi:app",
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+            *self.args,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(command, env=self.env, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"uvicorn exited: {self.output()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start: {self.output()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        if self.log.closed:
+            return self.final
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.final = self.output()
+        self.log.close()
+
+
+@contextlib.contextmanager
+def uvicorn_process(env: dict[str, str], *args: str) -> Iterator[UvicornProcess]:
+    server = UvicornProcess(env, *args).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -1,0 +1,118 @@
+"""/metrics: Prometheus text format, per-app registries, multiprocess mode; JSON logs."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ServerThread, sse
+from martd_asgi import create_app
+from opshelpers import metric, uvicorn_process
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_metrics_count_pushes_deliveries_bytes_and_latency(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    server = make_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        async with sse(client, "/sub/secret-room") as one, sse(client, "/sub/secret-room") as two:
+            for text in ("a", "bb", "ccc"):
+                await client.post("/pub/secret-room", content=text)
+                await one.next()
+                await two.next()
+            answer = await client.get("/metrics")
+            assert answer.status_code == 200
+            assert answer.headers["content-type"].startswith("text/plain")
+            body = answer.text
+            assert metric(body, "martd_connections", transport="sse") == 2
+            assert metric(body, "martd_connections", transport="longpoll") == 0
+        assert metric(body, "martd_messages_pushed_total") == 3
+        assert metric(body, "martd_messages_delivered_total") == 6
+        assert metric(body, "martd_pushed_bytes_total") == 6
+        assert metric(body, "martd_delivered_bytes_total") == 12
+        assert metric(body, "martd_delivery_latency_seconds_count") == 3
+        assert metric(body, "martd_delivery_latency_seconds_bucket", le="1.0") == 3
+        assert metric(body, "martd_channels") == 1
+        assert metric(body, "martd_subscribed_channels") == 1
+        assert metric(body, "martd_subscriptions_opened_total") == 2
+        assert "secret-room" not in body
+
+
+async def test_metrics_rejections_are_labelled_by_status_and_field() -> None:
+    app = create_app()
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 5000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as outsider:
+        assert (await outsider.get("/metrics")).status_code == 403
+        assert (await outsider.post("/pub/bad%20name", content="x")).status_code == 400
+        assert (await outsider.post("/pub/x?size=zero", content="x")).status_code == 400
+        assert (await outsider.post("/pub/x?key=hunter2", content="x")).status_code == 403
+    inside = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=inside, base_url="http://m") as client:
+        body = (await client.get("/metrics")).text
+    assert metric(body, "martd_rejected_requests_total", status="403", reason="server") == 1
+    assert metric(body, "martd_rejected_requests_total", status="400", reason="channel") == 1
+    assert metric(body, "martd_rejected_requests_total", status="400", reason="size") == 1
+    assert metric(body, "martd_rejected_requests_total", status="403", reason="channel") == 1
+    assert "hunter2" not in body and "bad" not in body
+
+
+async def test_metrics_each_app_has_its_own_registry() -> None:
+    first, second = create_app(), create_app()
+    for app, pushes in ((first, 2), (second, 5)):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://m"
+        ) as client:
+            for _ in range(pushes):
+                await client.post("/pub/c", content="x")
+    for app, pushes in ((first, 2), (second, 5)):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://m"
+        ) as client:
+            body = (await client.get("/metrics")).text
+            assert metric(body, "martd_messages_pushed_total") == pushes
+
+
+def test_metrics_multiprocess_mode_sums_workers(tmp_path: Path) -> None:
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    with uvicorn_process(env, "--workers", "2") as server:
+        for _ in range(20):  # a new connection each time, so both workers get some
+            with httpx.Client(base_url=server.url) as client:
+                assert client.post("/pub/c", content="x").status_code in (200, 201)
+        deadline = time.monotonic() + 10
+        while True:
+            body = httpx.get(f"{server.url}/metrics").text
+            if metric(body, "martd_messages_pushed_total") == 20:
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.2)
+        assert len(list(tmp_path.glob("counter_*.db"))) >= 1
+
+
+def test_logs_json_format_redacts_secrets() -> None:
+    env = {"MARTD_LOG_FORMAT": "json"}
+    with uvicorn_process(env, "--log-level", "info", "--access-log") as server:
+        with httpx.Client(base_url=server.url) as client:
+            client.post("/pub/room?key=hunter2&size=5", content="x")
+            client.get("/sub/room?token=tok3n&timeout=1")
+
+        def logged() -> list[dict[str, object]]:
+            lines = [line for line in server.output().splitlines() if line.startswith("{")]
+            return [json.loads(line) for line in lines]
+
+        deadline = time.monotonic() + 5
+        while sum(1 for r in logged() if r.get("logger") == "uvicorn.access") < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        records = logged()
+    (push,) = [r for r in records if r["logger"] == "uvicorn.access" and r["method"] == "POST"]
+    assert push["path"] == "/pub/room?key=***&size=5"
+    assert push["status"] == 201
+    assert "hunter2" not in server.output() and "tok3n" not in server.output()
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)

@@ -1,0 +1,345 @@
+"""Several martd processes on one Redis behave as one server, and survive restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import free_socket, redis_url, sse, wait_for
+from martd_asgi.backends.base import Control, Event
+from martd_asgi.backends.redis import RedisBackend
+from martd_asgi.channels import Message, PushAttributes, etag_key
+from redis_servers import redis_servers
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+# Serves martd on a listening socket inherited from the test (no port race).
+LAUNCH = """
+import socket, sys, uvicorn
+sock = socket.socket(fileno=int(sys.argv[1]))
+uvicorn.Server(uvicorn.Config("martd_asgi:app", log_level="warning")).run(sockets=[sock])
+"""
+
+
+class Martd:
+    """A martd in a process of its own (``uvicorn martd_asgi:app``), on a kept socket."""
+
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+        self.sock = free_socket()
+        self.sock.listen(512)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.env = env
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Martd:
+        env = {**os.environ, "MARTD_DEMO": "0", **self.env}
+        fd = self.sock.fileno()
+        if self.workers > 1:  # the command a user runs
+            uvicorn = [sys.executable, "-m", "uvicorn", "martd_asgi:app", "--log-level", "warning"]
+            args = [*uvicorn, "--workers", str(self.workers), "--fd", str(fd)]
+        else:
+            args = [sys.executable, "-c", LAUNCH, str(fd)]
+        self.proc = subprocess.Popen(args, env=env, pass_fds=[fd])
+        return self
+
+    async def ready(self, timeout: float = 20.0) -> Martd:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(base_url=self.url, timeout=2) as client:
+            while True:
+                assert self.proc is not None and self.proc.poll() is None, "martd exited"
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/healthz")).status_code == 200:
+                        return self
+                assert time.monotonic() < deadline, "martd did not become healthy"
+                await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def backend() -> Iterator[str]:
+    with redis_url() as url:
+        yield url
+
+
+@pytest.fixture
+def martds(backend: str) -> Iterator[Any]:
+    started: list[Martd] = []
+
+    async def start(count: int, **env: str) -> list[Martd]:
+        env = {"MARTD_BACKEND": backend, **env}
+        procs = [Martd(env).start() for _ in range(count)]
+        started.extend(procs)
+        await asyncio.gather(*(p.ready() for p in procs))
+        return procs
+
+    yield start
+    for proc in started:
+        proc.stop()
+        proc.sock.close()
+
+
+@contextlib.asynccontextmanager
+async def clients(*procs: Martd, **options: Any) -> AsyncIterator[list[httpx.AsyncClient]]:
+    async with contextlib.AsyncExitStack() as stack:
+        out = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=p.url, timeout=10, **options)
+            )
+            for p in procs
+        ]
+        yield out
+
+
+async def subscribers(client: httpx.AsyncClient, count: int, **kwargs: Any) -> None:
+    async def ready() -> bool:
+        stats = (await client.get("/stats", **kwargs)).json()
+        return bool(stats["subscribers"] >= count)
+
+    deadline = time.monotonic() + 5
+    while not await ready():
+        assert time.monotonic() < deadline, "subscribers did not register"
+        await asyncio.sleep(0.02)
+
+
+async def test_redis_push_on_one_process_reaches_subscribers_on_two_others(martds: Any) -> None:
+    a, b, c = await martds(3)
+    async with clients(a, b, c) as (ca, cb, cc), sse(cb, "/sub/room") as stream:
+        poll = asyncio.ensure_future(cc.get("/sub/room"))
+        await subscribers(cc, 1)
+        answer = await ca.post("/pub/room", content="hello")
+        assert answer.status_code == 201
+        etag = answer.json()["etag"]
+        assert await stream.next() == {"id": etag, "data": "hello"}
+        polled = await asyncio.wait_for(poll, 5)
+        assert polled.json()["channels"]["room"]["messages"] == [{"etag": etag, "data": "hello"}]
+        assert (await cc.get("/pub/room")).json()["subscribers"] == 1
+
+
+async def raw_pushes(proc: Martd, path: str, texts: list[str], conns: int = 20) -> list[str]:
+    """POST each text on ``conns`` keep-alive connections at once; the etags, in any order.
+
+    A bare HTTP/1.1 client: httpx costs more CPU per request than the server does.
+    """
+    port = int(proc.url.rsplit(":", 1)[1])
+    todo = iter(texts)
+    etags: list[str] = []
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for text in todo:
+                body = text.encode()
+                head = f"POST {path} HTTP/1.1\r\nhost: martd\r\ncontent-length: {len(body)}\r\n\r\n"
+                writer.write(head.encode() + body)
+                status = await reader.readline()
+                assert status.split()[1] in (b"200", b"201"), status
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode().partition(":")
+                    if name.lower() == "content-length":
+                        length = int(value)
+                etags.append(json.loads(await reader.readexactly(length))["etag"])
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    await asyncio.gather(*(worker() for _ in range(conns)))
+    return etags
+
+
+async def test_redis_concurrent_pushes_from_two_processes_keep_one_order(martds: Any) -> None:
+    a, b = await martds(2, MARTD_SUB_BUFFER_MESSAGES="5000")
+    async with (
+        clients(a, b) as (ca, cb),
+        sse(ca, "/sub/busy") as on_a,
+        sse(cb, "/sub/busy") as on_b,
+    ):
+        await ca.post("/pub/busy?size=5000", content="")
+
+        async def read(stream: Any) -> list[tuple[str, str]]:
+            return [((e := await stream.next(10))["id"], e["data"]) for _ in range(2000)]
+
+        async def come_and_go(client: httpx.AsyncClient) -> None:
+            # subscribers joining mid-burst must not cost the others anything
+            for _ in range(10):
+                async with sse(client, "/sub/busy") as stream:
+                    await stream.next(10)
+
+        readers = [asyncio.ensure_future(read(s)) for s in (on_a, on_b)]
+        churn = asyncio.ensure_future(come_and_go(ca))
+        pushes = [
+            raw_pushes(p, "/pub/busy?size=5000", [f"{n}{i}" for i in range(1000)])
+            for p, n in ((a, "a"), (b, "b"))
+        ]
+        etags = [etag for batch in await asyncio.gather(*pushes) for etag in batch]
+        got_a, got_b = await asyncio.gather(*readers)
+        await churn
+    assert len(set(etags)) == 2000
+    assert got_a == got_b
+    order = [etag for etag, _ in got_a]
+    assert sorted(order, key=lambda e: etag_key(e) or (0, 0)) == order
+    assert sorted(order) == sorted(etags)
+    assert {data for _, data in got_a} == {f"{p}{i}" for p in "ab" for i in range(1000)}
+
+
+async def test_redis_martd_restarted_keeps_its_channels(martds: Any) -> None:
+    (a,) = await martds(1)
+    async with clients(a) as (client,):
+        first = (await client.post("/pub/kept?key=k&size=5", content="before")).json()["etag"]
+    a.stop()
+    a.start()
+    await a.ready()
+    async with clients(a) as (client,):
+        info = (await client.get("/pub/kept")).json()
+        assert (info["etag"], info["messages"], info["size"], info["has_key"]) == (
+            first,
+            1,
+            5,
+            True,
+        )
+        assert (await client.post("/pub/kept", content="no key")).status_code == 403
+        second = (await client.post("/pub/kept?key=k&size=5", content="after")).json()["etag"]
+        assert etag_key(second) > etag_key(first)  # type: ignore[operator]
+        polled = (await client.get("/sub/kept", params={"etag": first})).json()
+        assert polled["channels"]["kept"]["messages"] == [{"etag": second, "data": "after"}]
+
+
+async def test_redis_restarted_mid_stream_loses_nothing_acknowledged(martds: Any) -> None:
+    with redis_servers() as servers:
+        redis = servers.durable()
+        a, b = await martds(2, MARTD_BACKEND=redis.url)
+        acked: list[tuple[str, str]] = []
+        failed: list[str] = []
+        statuses: set[int] = set()
+        async with clients(a, b) as (ca, cb), sse(cb, "/sub/live") as stream:
+
+            async def publisher(stop: asyncio.Event) -> None:
+                n = 0
+                while not stop.is_set():
+                    text = f"m{n}"
+                    n += 1
+                    try:
+                        answer = await ca.post("/pub/live?size=1000", content=text)
+                    except httpx.HTTPError:
+                        failed.append(text)
+                        continue
+                    statuses.add(answer.status_code)
+                    if answer.status_code in (200, 201):
+                        acked.append((answer.json()["etag"], text))
+                    else:
+                        failed.append(text)
+                        await asyncio.sleep(0.02)
+
+            stop = asyncio.Event()
+            pushing = asyncio.ensure_future(publisher(stop))
+            await wait_for(lambda: len(acked) >= 20)
+            redis.stop()
+            await wait_for(lambda: 503 in statuses)
+            assert (await ca.get("/healthz")).status_code == 503
+            assert (await cb.get("/healthz")).status_code == 503
+            redis.start()
+            count = len(acked)
+            await wait_for(lambda: len(acked) >= count + 20, timeout=15)
+            stop.set()
+            await pushing
+            received: list[tuple[str, str]] = []
+            wanted = {etag for etag, _ in acked}
+            while not wanted <= {etag for etag, _ in received}:
+                event = await stream.next(10)
+                received.append((event["id"], event["data"]))
+        etags = [etag for etag, _ in received]
+        assert len(etags) == len(set(etags)), "a message was delivered twice"
+        assert sorted(etags, key=lambda e: etag_key(e) or (0, 0)) == etags
+        extra = {data for _, data in received} - {data for _, data in acked}
+        assert extra <= set(failed)  # at most pushes whose answer was lost
+        assert [m for m in received if m[0] in wanted] == acked
+
+
+async def test_redis_key_and_one2one_hold_across_processes(martds: Any) -> None:
+    secret = "s3cret-for-tests"
+    a, b = await martds(2, MARTD_ALLOW="192.0.2.1", MARTD_SECRET=secret, MARTD_HOLD="1")
+    server = {"authorization": f"Bearer {secret}"}
+    async with clients(a, b) as (ca, cb):
+        assert (await ca.post("/pub/k?key=sesame", content="x", headers=server)).status_code == 201
+        assert (await cb.post("/pub/k", content="y", headers=server)).status_code == 403
+        assert (await cb.post("/pub/k?key=wrong", content="y")).status_code == 403
+        assert (await cb.post("/pub/k?key=sesame", content="y")).status_code == 200
+
+        assert (await ca.post("/pub/o?one2one=1", content="x", headers=server)).status_code == 201
+        async with sse(ca, "/sub/o?cid=holder1"):
+            await subscribers(ca, 1, headers=server)
+            taken = await cb.get("/sub/o?cid=other22", headers={"accept": "text/event-stream"})
+            assert taken.status_code == 409
+            own = await cb.get("/sub/o?cid=holder1&timeout=1")  # its own reconnect
+            assert own.status_code == 200
+        taken = await cb.get("/sub/o?cid=other22&timeout=1")
+        assert taken.status_code == 409  # held for MARTD_HOLD after it left
+        deadline = time.monotonic() + 5
+        while (await cb.get("/sub/o?cid=other22&timeout=1")).status_code == 409:
+            assert time.monotonic() < deadline, "the hold did not lapse"
+            await asyncio.sleep(0.1)
+
+
+async def test_redis_workers_act_as_one_server(backend: str) -> None:
+    proc = Martd({"MARTD_BACKEND": backend}, workers=2).start()
+    try:
+        await proc.ready()
+        async with contextlib.AsyncExitStack() as stack:
+            # separate connections, likely spread over both workers
+            conns = [
+                await stack.enter_async_context(httpx.AsyncClient(base_url=proc.url, timeout=10))
+                for _ in range(4)
+            ]
+            streams = [await stack.enter_async_context(sse(c, "/sub/w")) for c in conns]
+            for i in range(3):
+                answer = await conns[i].post("/pub/w", content=f"m{i}")
+                assert answer.status_code in (200, 201)
+            for stream in streams:
+                assert [(await stream.next())["data"] for _ in range(3)] == ["m0", "m1", "m2"]
+    finally:
+        proc.stop()
+        proc.sock.close()
+
+
+async def test_redis_catch_up_delivers_the_gap_in_order_and_tells_what_was_evicted(
+    backend: str,
+) -> None:
+    listener, pusher = RedisBackend(backend), RedisBackend(backend)
+    events: list[Event] = []
+    await pusher.start(lambda event: None)
+    try:
+        await listener.attach("gap", "reader")  # subscribed, but hears nothing yet
+        for text in ("m1", "m2", "m3", "m4"):
+            await pusher.publish("gap", text, PushAttributes(size=2), server=True)
+        await listener.start(events.append)  # connects, and catches up first
+        await wait_for(lambda: len(events) == 3)
+        assert events[0] == Control("missed", "gap")
+        assert [e.data for e in events[1:] if isinstance(e, Message)] == ["m3", "m4"]
+        await pusher.publish("gap", "m5", PushAttributes(size=2), server=True)
+        await wait_for(lambda: len(events) == 4)
+        assert isinstance(events[3], Message) and events[3].data == "m5"
+        await listener.detach("gap", "reader")
+    finally:
+        await listener.aclose()
+        await pusher.aclose()
