@@ -158,6 +158,8 @@ class Tally:
         self.duplicates = 0
         self.controls = 0  # missed / kicked / deleted events
         self.closed = 0  # subscriber connections the server closed
+        self.refused = 0  # subscriptions answered with an error status
+        self.pushes_refused = 0
         self.errors: list[str] = []
         self.ready = 0
         self.ready_target = -1
@@ -240,6 +242,7 @@ class Subscriber(asyncio.Protocol):
         self.buf = b""
         self.streaming = False
         self.lost_connection = False
+        self.refused = False  # answered with an error status instead of a stream
         self.seen = bytearray(64)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -280,7 +283,10 @@ class Subscriber(asyncio.Protocol):
         self.buf = b""
         if data[9:12] != expect:
             self.tally.error(status_line(data[:end]))
+            self.tally.refused += 1
+            self.refused = True
             self.streaming = True  # ignore the rest
+            self.tally.on_ready()
             return b""
         self.streaming = True
         self.tally.on_ready()
@@ -483,6 +489,7 @@ class Publisher:
         self.conn = conn
         self.tally = tally
         self.size = size
+        self.acked: list[int] = []  # messages the server took
 
     async def push(self, channel: str, seq: int, accept_json: bool = False) -> bytes | None:
         """Push message seq; its answer's body, or None (and an error noted) when refused."""
@@ -492,10 +499,13 @@ class Publisher:
             )
         except ConnectionError as e:
             self.tally.error(f"push {seq}: {e}")
+            self.tally.pushes_refused += 1
             return None
         if not 200 <= status < 300:
             self.tally.error(f"push {seq}: {status_line(head)} {body[:200]!r}")
+            self.tally.pushes_refused += 1
             return None
+        self.acked.append(seq)
         return body
 
 
@@ -544,11 +554,20 @@ async def connect_subscribers(
     return subs
 
 
+def accepted(subs: list[Subscriber]) -> list[Subscriber]:
+    """The subscribers the server took; the refused ones are counted, not expected."""
+    return [s for s in subs if not s.refused]
+
+
 def loss_report(tally: Tally, subs: list[Subscriber], seqs: list[int]) -> dict[str, Any]:
+    """Lost: a message the server accepted that an accepted subscriber did not get."""
+    seqs = sorted(set(seqs))
     return {
         "lost": sum(s.missing(seqs) for s in subs),
         "duplicated": tally.duplicates,
         "control_events": tally.controls,
+        "refused_by_server": tally.refused,
+        "pushes_refused": tally.pushes_refused,
         "closed_by_server": tally.closed,
         "errors": tally.errors,
     }
@@ -580,14 +599,16 @@ async def scenario_idle(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.sleep(args.settle)
     pss1, rss1 = server_memory(args.pid)
     connected = len(subs)
-    # Every held connection must still be alive: one message on each channel.
-    tally.expect = connected // channels
+    live = accepted(subs)
+    # Every held subscription must still be alive: one message on each channel.
+    tally.expect = len(live) // channels
     pub = Publisher(await HTTPConnection.open(args.port), tally, args.size)
     for name in names:
         await pub.push(name, 0)
-    await await_or_note(tally.wait_total(connected), args.timeout, tally, "the check message")
+    await await_or_note(tally.wait_total(len(live)), args.timeout, tally, "the check message")
     result = {
         "connections": connected,
+        "subscribed": len(live),
         "server_pss_kib_per_conn": (pss1 - pss0) / max(1, connected),
         "server_rss_kib_per_conn": (rss1 - rss0) / max(1, connected),
         "server_cpu_us_per_connect": (cpu1 - cpu0) / max(1, connected) * 1e6,
@@ -596,7 +617,7 @@ async def scenario_idle(args: argparse.Namespace) -> dict[str, Any]:
         "server_pss_kib_after": pss1,
         "messages": 1,
     }
-    result.update(loss_report(tally, subs, [0]))
+    result.update(loss_report(tally, live, pub.acked))
     return result
 
 
@@ -604,7 +625,7 @@ async def scenario_fanout(args: argparse.Namespace) -> dict[str, Any]:
     n = args.n
     tally = Tally(n)
     channel = f"{args.prefix}-fanout"
-    subs = await connect_subscribers(args, tally, n, lambda i: channel)
+    subs = accepted(await connect_subscribers(args, tally, n, lambda i: channel))
     tally.expect = len(subs)
     pub = Publisher(await HTTPConnection.open(args.port), tally, args.size)
     # Message 0 warms up and proves every subscription live; 1..pushes are measured.
@@ -638,7 +659,7 @@ async def scenario_fanout(args: argparse.Namespace) -> dict[str, Any]:
         "loadgen_cpu_s": own,
         "messages": args.pushes + 1,
     }
-    result.update(loss_report(tally, subs, list(range(args.pushes + 1))))
+    result.update(loss_report(tally, subs, pub.acked))
     return result
 
 
@@ -646,7 +667,7 @@ async def scenario_throughput(args: argparse.Namespace) -> dict[str, Any]:
     n = args.n
     tally = Tally(n)
     channel = f"{args.prefix}-throughput"
-    subs = await connect_subscribers(args, tally, n, lambda i: channel)
+    subs = accepted(await connect_subscribers(args, tally, n, lambda i: channel))
     tally.expect = len(subs)
     publishers = [
         Publisher(await HTTPConnection.open(args.port), tally, args.size)
@@ -655,7 +676,7 @@ async def scenario_throughput(args: argparse.Namespace) -> dict[str, Any]:
     done = tally.wait_message(0)
     await publishers[0].push(channel, 0)
     await await_or_note(done, args.timeout, tally, "message 0")
-    acked: list[int] = [0]
+    acked: list[int] = list(publishers[0].acked)  # message 0, if taken
     next_seq = 1
     tally.read_interval = args.read_interval
     tally.per_message = False
@@ -708,7 +729,7 @@ async def scenario_throughput(args: argparse.Namespace) -> dict[str, Any]:
 async def scenario_latency(args: argparse.Namespace) -> dict[str, Any]:
     tally = Tally(1)
     channel = f"{args.prefix}-latency"
-    subs = await connect_subscribers(args, tally, 1, lambda i: channel)
+    subs = accepted(await connect_subscribers(args, tally, 1, lambda i: channel))
     pub = Publisher(await HTTPConnection.open(args.port), tally, args.size)
     latencies = []
     args.profiler.start()
@@ -730,7 +751,7 @@ async def scenario_latency(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_us_per_push": cpu / max(1, len(latencies)) * 1e6,
         "messages": args.pushes,
     }
-    result.update(loss_report(tally, subs, list(range(args.pushes))))
+    result.update(loss_report(tally, subs, pub.acked))
     return result
 
 
@@ -788,7 +809,7 @@ async def scenario_slow(args: argparse.Namespace) -> dict[str, Any]:
     n, k = args.n, args.stalled
     tally = Tally(n)
     channel = f"{args.prefix}-slow"
-    readers = await connect_subscribers(args, tally, n, lambda i: channel)
+    readers = accepted(await connect_subscribers(args, tally, n, lambda i: channel))
     tally.expect = len(readers)
     stalled = await connect_stalled(args, tally, k, channel)
     pub = Publisher(await HTTPConnection.open(args.port), tally, args.size)
@@ -837,7 +858,7 @@ async def scenario_slow(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_s": cpu,
         "messages": args.pushes,
     }
-    result.update(loss_report(tally, readers, list(range(args.pushes))))
+    result.update(loss_report(tally, readers, pub.acked))
     result["closed_by_server"] = sum(s.lost_connection for s in readers)  # readers only
     return result
 
@@ -873,6 +894,11 @@ class LongPoller(Subscriber):
                 return
             self.polls += 1
             if status in (304, 408):  # Nchan's poll timeout
+                continue
+            if status >= 500:  # told to come back: do so, as a client would
+                tally.error(f"long-poll: {status_line(head)} {body[:200]!r}")
+                tally.refused += 1
+                await asyncio.sleep(1.0)
                 continue
             if status != 200:
                 tally.error(f"long-poll: {status_line(head)} {body[:200]!r}")
@@ -976,7 +1002,7 @@ async def scenario_longpoll(args: argparse.Namespace) -> dict[str, Any]:
         "loadgen_cpu_s": own,
         "messages": args.pushes,
     }
-    result.update(loss_report(tally, pollers, list(range(1, args.pushes + 1))))
+    result.update(loss_report(tally, pollers, [s for s in pub.acked if s > 0]))
     return result
 
 

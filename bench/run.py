@@ -443,6 +443,8 @@ def summary(result: dict[str, Any]) -> str:
     ]
     parts = [f"{k}={result[k]:.4g}" for k in keys if isinstance(result.get(k), (int, float))]
     parts.append(f"lost={result.get('lost')} dup={result.get('duplicated')}")
+    if result.get("refused_by_server"):
+        parts.append(f"refused={result['refused_by_server']}")
     if result.get("closed_by_server"):
         parts.append(f"closed={result['closed_by_server']}")
     if result.get("errors"):
@@ -564,15 +566,17 @@ def table(opts: argparse.Namespace, res: Results) -> list[str]:
         closed = sum(r.get("closed_by_server", 0) for r in runs)
         ctl = sum(r.get("control_events", 0) for r in runs)
         errors = sum(len(r.get("errors", [])) for r in runs)
+        refused = sum(r.get("refused_by_server", 0) for r in runs)
         lines.append(
             f"| {variant}: messages lost / duplicated (all scenarios) | {lost} / {dup} | | |"
             if variant != "nchan"
             else f"| Nchan: messages lost / duplicated (all scenarios) | | {lost} / {dup} | |"
         )
-        if closed or ctl or errors:
+        if closed or ctl or errors or refused:
             res.notes.append(
-                f"{variant}: {closed} subscriber connections closed by the server, "
-                f"{ctl} control events, {errors} errors (see the JSON results)"
+                f"{variant}: {refused} subscriptions refused (error status), {closed} "
+                f"subscriber connections closed by the server, {ctl} control events, "
+                f"{errors} errors noted (see the JSON results)"
             )
     return lines
 
