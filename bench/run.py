@@ -394,6 +394,8 @@ class Results:
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     load: list[float] = field(default_factory=lambda: [os.getloadavg()[0]])
+    machine: str = ""
+    versions: str = ""
 
     def add(self, case: str, variant: str, result: dict[str, Any]) -> None:
         self.runs.setdefault((case, variant), []).append(result)
@@ -530,9 +532,20 @@ def label_of(opts: argparse.Namespace, key: str, label: str) -> str:
     return label.format(n=f"{params.get('n', 1):,}", stalled=params.get("stalled", ""))
 
 
+CASE_TITLES = {
+    "idle": "idle {n}",
+    "fanout1k": "fan-out {n}",
+    "fanout10k": "fan-out {n}",
+    "throughput": "throughput, {n} subs",
+    "longpoll": "long-poll {n} clients",
+    "slow": "slow subscribers",
+    "latency": "latency",
+}
+
+
 def table(opts: argparse.Namespace, res: Results) -> list[str]:
     lines = ["| figure | martd | Nchan | ratio |", "|---|---:|---:|---:|"]
-    extra: list[str] = []
+    extra: dict[str, list[str]] = {"martd-ws": [], "martd-redis": []}
     for case, key, label, spec in FIGURES:
         text = label_of(opts, case, label)
         m = median([r.get(key) for r in res.runs.get((case, "martd"), [])])
@@ -540,45 +553,65 @@ def table(opts: argparse.Namespace, res: Results) -> list[str]:
         if m is not None or n is not None:
             ratio = paired_ratio(res, case, key, "martd")
             lines.append(f"| {text} | {fmt(m, spec)} | {fmt(n, spec)} | {fmt(ratio, '{:.2f}')} |")
-        for variant in ("martd-ws", "martd-redis"):
+        for variant, rows in extra.items():
             v = median([r.get(key) for r in res.runs.get((case, variant), [])])
             if v is None:
                 continue
             ratio = paired_ratio(res, case, key, variant)
-            extra.append(
+            rows.append(
                 f"| {VARIANT_LABEL[variant]}: {text} | {fmt(v, spec)} | "
                 f"{fmt(n, spec) + ' (SSE)' if n is not None else '—'} | "
                 f"{fmt(ratio, '{:.2f}')} |"
             )
     ws_cost = paired_ratio(res, "fanout10k", "server_cpu_us_per_delivery", "martd-ws", "martd")
     if ws_cost is not None:
-        extra.append(
+        extra["martd-ws"].append(
             f"| WebSocket ÷ SSE server CPU per delivery, fan-out {case_n(opts, 'fanout10k'):,} | "
             f"{ws_cost:.2f} | | |"
         )
-    lines += extra
+    for rows in extra.values():
+        lines += rows
+    # Figures over fewer subscribers or pushes than asked for say so.
+    for (case, variant), runs in res.runs.items():
+        refused = median([r.get("refused_by_server", 0) for r in runs]) or 0
+        pushes = median([r.get("pushes_refused", 0) for r in runs]) or 0
+        if refused or pushes:
+            who = VARIANT_LABEL.get(variant, variant)
+            title = label_of(opts, case, CASE_TITLES[case])
+            cells = f"{refused:,.0f} / {pushes:,.0f}"
+            lines.append(
+                f"| {who}: {title}: subscriptions / pushes refused by the server | "
+                + (f"| {cells} | |" if variant == "nchan" else f"{cells} | | |")
+            )
     for variant in ("martd", "nchan", "martd-ws", "martd-redis"):
         runs = [r for (c, v), rs in res.runs.items() if v == variant for r in rs]
         if not runs:
             continue
         lost = sum(r.get("lost", 0) for r in runs)
         dup = sum(r.get("duplicated", 0) for r in runs)
-        closed = sum(r.get("closed_by_server", 0) for r in runs)
-        ctl = sum(r.get("control_events", 0) for r in runs)
-        errors = sum(len(r.get("errors", [])) for r in runs)
-        refused = sum(r.get("refused_by_server", 0) for r in runs)
         lines.append(
             f"| {variant}: messages lost / duplicated (all scenarios) | {lost} / {dup} | | |"
             if variant != "nchan"
             else f"| Nchan: messages lost / duplicated (all scenarios) | | {lost} / {dup} | |"
         )
+    return lines
+
+
+def count_notes(res: Results) -> list[str]:
+    notes = []
+    for variant in ("martd", "nchan", "martd-ws", "martd-redis"):
+        runs = [r for (c, v), rs in res.runs.items() if v == variant for r in rs]
+        closed = sum(r.get("closed_by_server", 0) for r in runs)
+        ctl = sum(r.get("control_events", 0) for r in runs)
+        errors = sum(len(r.get("errors", [])) for r in runs)
+        refused = sum(r.get("refused_by_server", 0) for r in runs)
         if closed or ctl or errors or refused:
-            res.notes.append(
+            notes.append(
                 f"{variant}: {refused} subscriptions refused (error status), {closed} "
                 f"subscriber connections closed by the server, {ctl} control events, "
                 f"{errors} errors noted (see the JSON results)"
             )
-    return lines
+    return notes
 
 
 # (what, case, figure, variant, against, op, bound): the targets of issue 8
@@ -680,13 +713,13 @@ def versions(opts: argparse.Namespace) -> str:
 
 
 def report(opts: argparse.Namespace, res: Results, started: datetime.datetime, command: str) -> str:
-    load = " → ".join(f"{a:.1f}" for a in res.load)
+    load = " → ".join(f"{a:.1f}" for a in res.load) or "?"
     out = [
         (
-            f"Measured {started:%Y-%m-%d %H:%M} UTC on {machine()}; "
+            f"Measured {started:%Y-%m-%d %H:%M} UTC on {res.machine}; "
             f"load average (1 min) {load} from start to end."
         ),
-        f"Servers: {versions(opts)}.",
+        f"Servers: {res.versions}.",
         (
             f"Command: `{command}` — {'quick sizes, ' if opts.quick else ''}"
             f"{opts.repeat} repeat{'s' if opts.repeat != 1 else ''}, medians."
@@ -699,7 +732,7 @@ def report(opts: argparse.Namespace, res: Results, started: datetime.datetime, c
         *targets(opts, res),
     ]
     notes = [f"- {v}: skipped, {why}" for v, why in res.skipped.items()] + [
-        f"- {n}" for n in res.notes
+        f"- {n}" for n in res.notes + count_notes(res)
     ]
     if notes:
         out += ["", "Notes:", "", *notes]
@@ -728,6 +761,23 @@ def profile_summary(path: Path, top: int = 25) -> str:
     for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
         out.append(f"{n / max(1, total):6.1%}  {frame}")
     return "\n".join(out) + "\n"
+
+
+def rerender(opts: argparse.Namespace, path: Path) -> str:
+    saved = json.loads(path.read_text())
+    res = Results(
+        skipped=saved.get("skipped", {}),
+        notes=saved.get("notes", []),
+        load=saved.get("load", []),
+        machine=saved.get("machine") or machine(),
+        versions=saved.get("versions") or versions(opts),
+    )
+    for run in saved["runs"]:
+        res.runs[(run["case"], run["variant"])] = run["results"]
+    opts.quick = saved.get("quick", False)
+    opts.repeat = saved.get("repeat") or max(len(rs) for rs in res.runs.values())
+    started = datetime.datetime.fromisoformat(saved["started"])
+    return report(opts, res, started, saved["command"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -766,7 +816,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write every raw result here")
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print the report of a run saved with --json",
+    )
     opts = parser.parse_args(argv)
+    if opts.report:
+        print(rerender(opts, opts.report))
+        return 0
     if opts.repeat is None:
         opts.repeat = 1 if opts.quick else 3
     if opts.profile:
@@ -785,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     res.load.append(os.getloadavg()[0])
+    res.machine, res.versions = machine(), versions(opts)
     text = report(opts, res, started, command)
     print(text)
     if opts.output:
@@ -801,6 +861,11 @@ def main(argv: list[str] | None = None) -> int:
                     ],
                     "skipped": res.skipped,
                     "notes": res.notes,
+                    "load": res.load,
+                    "machine": res.machine,
+                    "versions": res.versions,
+                    "quick": opts.quick,
+                    "repeat": opts.repeat,
                 },
                 indent=1,
             )
