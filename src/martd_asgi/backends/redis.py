@@ -99,7 +99,16 @@ def connect(url: str, options: dict[str, Any]) -> tuple[Any, str, list[Any]]:
         db = int(parts.path.strip("/") or 0)
         client = sentinel.master_for(master, **{"db": db, **auth, **options})
         return client, prefix, list(sentinel.sentinels)
-    return aioredis.Redis.from_url(plain, **options), prefix, []
+    # A burst of subscribers waits for a pooled connection instead of failing
+    # (redis-py's default pool raises once its connections are all in use).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        plain, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options
+    )
+    return aioredis.Redis(connection_pool=pool), prefix, []
+
+
+POOL_SIZE = 64
+POOL_WAIT = 5.0
 
 
 class RedisBackend:
