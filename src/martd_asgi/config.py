@@ -55,6 +55,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         "bytes of kernel send buffer for each stream connection (`0`: the kernel's own sizing)",
     ),
     "grace": ("MARTD_GRACE", "seconds given to open connections to close on shutdown"),
+    "gc_tune": (
+        "MARTD_GC_TUNE",
+        "`1`: when martd is the server's app, freeze start-up objects and collect garbage"
+        " less often (`0` leaves the collector alone; a host app's is never touched)",
+    ),
     "max_channels_total": (
         "MARTD_MAX_CHANNELS_TOTAL",
         "channels one process stores or has subscribers for (`0`: no limit)",
@@ -106,6 +111,7 @@ class Settings:
     sub_buffer_bytes: int = 4 * 1024 * 1024
     sub_stall: float = 30.0
     grace: float = 4.0
+    gc_tune: bool = True
     sub_sndbuf: int = 0
     max_channels_total: int = 100_000
     max_subscribers: int = 0

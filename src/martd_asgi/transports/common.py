@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -17,6 +18,15 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+_anonymous = itertools.count(1)
+_process = secrets.token_hex(6)  # apart from other processes sharing a Redis
+
+
+def anonymous_cid() -> str:
+    """A client id for a request that gave none; ``#`` keeps it apart from given ones."""
+    return f"#{_process}.{next(_anonymous)}"
+
 
 CID_RE = re.compile(r"[A-Za-z0-9._~\-]{1,64}\Z")
 CALLBACK_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$.]{0,63}\Z")
@@ -33,6 +43,11 @@ class Request:
         self.path = path
         self._query: dict[str, str] | None = None
         self._headers: dict[str, str] | None = None
+
+    def forget(self) -> None:
+        """Drop the parsed headers and query: a subscription that stays open for
+        hours holds its request, and needs neither once it has begun."""
+        self._query = self._headers = None
 
     @property
     def method(self) -> str:
@@ -138,7 +153,6 @@ class Subscription:
     cid_given: bool
     callback: str | None = None
     timeout: float = 30.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _etag_list(raw: str, count: int, source: str) -> list[str | None]:
@@ -223,7 +237,7 @@ def parse_subscription(
         channels=channels,
         etags=etags,
         transport=transport,
-        cid=cid or secrets.token_urlsafe(12),
+        cid=cid or anonymous_cid(),
         cid_given=cid is not None,
         callback=callback,
         timeout=timeout,

@@ -14,7 +14,7 @@ from ..channels import History, etag_key
 from ..errors import MartdError, Unavailable
 from ..router import Subscriber
 from . import longpoll, sse
-from .common import Receive, Request, Send, Subscription, parse_subscription, send_error
+from .common import Receive, Request, Send, Subscription, parse_subscription
 
 if TYPE_CHECKING:
     from ..application import MartdApp
@@ -124,10 +124,11 @@ async def run(
         else:
             deadline = time.monotonic() + req.timeout
             await longpoll.begin(sub, found, deadline=deadline, router=app.router)
+        request.forget()
         await sub.wait(receive)
     finally:
         app.router.remove(sub)
         await detach(app, req, attached)
 
 
-__all__ = ["send_error", "subscribe"]
+__all__ = ["subscribe"]
