@@ -18,6 +18,10 @@ import uvicorn
 
 from martd_asgi import create_app
 
+# The tests run many apps in one process, like a host that mounts martd: leave the
+# process's garbage collector alone (test_lifecycle checks the tuning on its own).
+os.environ.setdefault("MARTD_GC_TUNE", "0")
+
 BACKENDS = ["memory", "redis"]
 # Each test on Redis gets a key prefix of its own (deleted after it), so that test runs
 # that share one Redis do not disturb each other.

@@ -159,3 +159,25 @@ async def test_etags_not_reused_after_restart() -> None:
 def test_settings_repr_hides_passwords_and_secrets() -> None:
     text = repr(Settings(backend="redis://:hunter2@127.0.0.1:6379/0", secret="s3cr3t-value"))
     assert "hunter2" not in text and "s3cr3t-value" not in text
+
+
+def test_collector_tuned_only_when_martd_is_the_servers_app() -> None:
+    code = (
+        "import asyncio, gc, martd_asgi\n"
+        "app = martd_asgi.create_app(gc_tune=True)\n"
+        "async def main():\n"
+        "    sent = []\n"
+        "    msgs = iter([{'type': 'lifespan.startup'}, {'type': 'lifespan.shutdown'}])\n"
+        "    async def receive(): return next(msgs)\n"
+        "    async def send(m): sent.append(m['type']); print(m['type'], gc.get_threshold()[0], gc.get_freeze_count() > 0)\n"
+        "    async with app.lifespan():\n"
+        "        print('mounted', gc.get_threshold()[0])\n"
+        "    await app({'type': 'lifespan'}, receive, send)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "MARTD_GC_TUNE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    assert lines[0] == "mounted 700"  # a host's lifespan leaves its collector alone
+    assert lines[1] == "lifespan.startup.complete 20000 True"

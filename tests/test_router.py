@@ -32,12 +32,19 @@ class Socket:
             self.ended = self.ended or not event.get("more_body", False)
 
 
+async def settle() -> None:
+    """Let the loop turn end: stream events go out together at its end."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
 def message(n: int, channel: str = "c") -> Message:
     return Message(channel, (1000, n), f"m{n}", expires=1e12)
 
 
 async def live(router: Router, socket: Socket, channels: list[str] = ["c"]) -> SSESubscriber:
     sub = SSESubscriber(socket.send, channels, "cid", router)
+    sub.handler = None  # no ASGI handler waits on it here
     router.add(sub)
     await sub.drain()
     return sub
@@ -50,6 +57,7 @@ async def test_router_healthy_delivery_creates_no_task() -> None:
     before = len(asyncio.all_tasks())
     for n in range(1, 50):
         router.deliver(message(n))
+        await settle()
     assert len(asyncio.all_tasks()) == before
     assert sub.task is None and not sub.busy
     assert socket.sent == [f"id: 1000-{n}\ndata: m{n}\n\n".encode() for n in range(1, 50)]
@@ -63,6 +71,7 @@ async def test_router_parks_a_blocked_subscriber_and_keeps_order() -> None:
     slow.open.clear()
     for n in range(1, 6):
         router.deliver(message(n))
+        await settle()
     assert len(fast.sent) == 5  # the publisher never waited for the slow one
     assert slow_sub.busy and slow_sub in router.parked and slow.sent == []
     slow.open.set()
@@ -79,6 +88,7 @@ async def test_router_cuts_a_subscriber_whose_backlog_overflows() -> None:
     sub = await live(router, stuck)
     for n in range(1, 10):
         router.deliver(message(n))
+    await settle()
     assert sub.closed and router.counters["dropped_slow"] == 1
     assert "c" not in router.by_channel
 
@@ -91,7 +101,13 @@ async def test_router_dedupes_by_etag_while_busy() -> None:
     router.deliver(message(1))  # arrives while history is being sent
     router.deliver(message(2))
     for msg in sub.fresh([message(1)]):  # history held message 1 already
-        await socket.send({"type": "http.response.body", "body": b"history " + msg.etag.encode(), "more_body": True})
+        await socket.send(
+            {
+                "type": "http.response.body",
+                "body": b"history " + msg.etag.encode(),
+                "more_body": True,
+            }
+        )
     await sub.drain()
     assert socket.sent == [b"history 1000-1", b"id: 1000-2\ndata: m2\n\n"]
 
@@ -105,6 +121,7 @@ async def test_router_kick_spares_the_holder() -> None:
         router.add(sub)
         await sub.drain()
     router.deliver(Control("kicked", "c", keep="keep"))
+    await settle()
     assert not keep.closed and other.closed
     assert b'"kicked"' in other_socket.sent[0]
 
@@ -134,3 +151,13 @@ async def test_router_longpoll_answered_from_a_control_queued_while_busy() -> No
     await sub.drain()
     assert sub.closed and socket.ended
     assert b'"data":"m1"' in socket.sent[-1]
+
+
+async def test_router_joins_frames_of_one_loop_turn_into_one_write() -> None:
+    router = Router()
+    socket = Socket()
+    await live(router, socket)
+    for n in range(1, 4):
+        router.deliver(message(n))  # three publishers answered in the same turn
+    await settle()
+    assert socket.sent == [b"".join(f"id: 1000-{n}\ndata: m{n}\n\n".encode() for n in (1, 2, 3))]

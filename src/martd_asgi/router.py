@@ -56,6 +56,29 @@ async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
             return
 
 
+def _coalesce(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Join runs of HTTP body events into one (WebSocket messages stay apart)."""
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+    for event in events:
+        if event["type"] == "http.response.body":
+            run.append(event)
+            continue
+        out.extend(_join(run))
+        run = []
+        out.append(event)
+    out.extend(_join(run))
+    return out
+
+
+def _join(run: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if len(run) < 2:
+        return run
+    body = b"".join(event.get("body", b"") for event in run)
+    more = run[-1].get("more_body", False)
+    return [{"type": "http.response.body", "body": body, "more_body": more}]
+
+
 async def _await(awaitable: Awaitable[None]) -> None:
     # a server whose send returns another awaitable than a coroutine
     await awaitable
@@ -86,6 +109,7 @@ class Subscriber:
         "handler",
         "last",
         "missed",
+        "pending",
         "router",
         "send",
         "since",
@@ -108,6 +132,7 @@ class Subscriber:
         self.router = router
         self.handler = asyncio.current_task()
         self.missed: set[str] | None = None  # channels whose next delivery is marked missed
+        self.pending: list[dict[str, Any]] | None = None  # stream events of this loop turn
 
     # -- what a transport provides
 
@@ -179,10 +204,41 @@ class Subscriber:
             self.router.cut(self)
 
     def push(self, event: dict[str, Any]) -> None:
-        """Hand ``event`` to ``send`` now; park the subscriber if the send suspends."""
+        """Send ``event``: a stream's events of one loop turn go out together."""
         if self.busy:
             self._queue(event, 0)
             return
+        if not self.stream:
+            self.send_now(event)
+            return
+        pending = self.pending
+        if pending is None:
+            self.pending = [event]
+            self.router.defer(self)
+        else:
+            pending.append(event)
+            if len(pending) >= self.router.max_backlog:
+                self.flush()  # a publisher that never yields: no unbounded turn
+
+    def flush(self) -> None:
+        """Send the events of this loop turn, several SSE frames as one write.
+
+        Pushes that arrive together (concurrent publishers) then cost one
+        system call per subscriber instead of one per message.
+        """
+        events, self.pending = self.pending, None
+        if not events:
+            return
+        if len(events) > 1:
+            events = _coalesce(events)
+        for event in events:
+            if self.busy:
+                self._queue(event, 0)
+            else:
+                self.send_now(event)
+
+    def send_now(self, event: dict[str, Any]) -> None:
+        """Hand ``event`` to ``send`` now; park the subscriber if the send suspends."""
         awaitable = self.send(event)
         coro = awaitable if type(awaitable) is CoroutineType else _await(awaitable)
         try:
@@ -271,7 +327,7 @@ class Subscriber:
         """Close without a word: the connection cannot take one (slow consumer)."""
         self.closed = True
         self.router.remove(self)
-        self.backlog = None
+        self.backlog = self.pending = None
         if self.task is not None:
             self.task.cancel()
             self.task = None
@@ -282,7 +338,7 @@ class Subscriber:
         """The connection is gone (its send failed)."""
         self.closed = True
         self.router.remove(self)
-        self.backlog = None
+        self.backlog = self.pending = None
 
     def wake(self) -> None:
         """End the handler's wait for the client now."""
@@ -324,6 +380,8 @@ class Router:
         self.by_channel: dict[str, dict[Subscriber, None]] = {}
         self.streams: dict[Subscriber, None] = {}
         self.parked: set[Subscriber] = set()
+        self.dirty: list[Subscriber] = []  # subscribers with events of this loop turn
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.deadlines: dict[int, list[Subscriber]] = {}
         self.max_backlog = max_backlog
         self.max_backlog_bytes = max_backlog_bytes
@@ -413,7 +471,20 @@ class Router:
 
     def start(self, interval: float = 0.25) -> None:
         self._interval = interval
-        self._timer = asyncio.get_running_loop().call_later(interval, self._tick)
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(interval, self._tick)
+
+    def defer(self, sub: Subscriber) -> None:
+        """Flush ``sub`` at the end of this loop turn (once for all of them)."""
+        if not self.dirty:
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._flush)
+        self.dirty.append(sub)
+
+    def _flush(self) -> None:
+        dirty, self.dirty = self.dirty, []
+        for sub in dirty:
+            sub.flush()
 
     def stop(self) -> None:
         if self._timer is not None:

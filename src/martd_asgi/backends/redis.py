@@ -104,7 +104,7 @@ def connect(url: str, options: dict[str, Any]) -> tuple[Any, str, list[Any]]:
     pool = aioredis.BlockingConnectionPool.from_url(
         plain, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options
     )
-    return aioredis.Redis(connection_pool=pool), prefix, []
+    return aioredis.Redis.from_pool(pool), prefix, []  # closes the pool with the client
 
 
 POOL_SIZE = 64
