@@ -82,7 +82,7 @@ async def test_limits_connections_per_address(make_server: Callable[..., ServerT
                 assert third.json()["error"].startswith("connections:")
                 async with sse(client, "/sub/c", other):
                     pass
-            await wait_for(lambda: len(server.martd.router.streams) == 1)
+            await wait_for(lambda: sum(server.martd.limits.by_address.values()) == 1)
             async with sse(client, "/sub/b", far):
                 pass
         text = (await client.get("/metrics", headers={"x-forwarded-for": "10.9.9.9"})).text
