@@ -173,6 +173,7 @@ class Subscriber:
         if self.busy:
             self._queue(msg, len(msg.data))
             return
+        # inline self.index(): this runs once per delivery
         index = self.channels.index(msg.channel) if len(self.channels) > 1 else 0
         if msg.key > self.last[index]:
             self.last[index] = msg.key
@@ -287,7 +288,7 @@ class Subscriber:
                             backlog.remove(m)
                         self.respond(fresh)
                     continue
-                index = self.channels.index(item.channel) if len(self.channels) > 1 else 0
+                index = self.index(item.channel)
                 if item.key > self.last[index]:
                     self.last[index] = item.key
                     await self.send(self.encode(item, index))
@@ -299,7 +300,7 @@ class Subscriber:
         """The messages not seen yet, in order, marking them seen."""
         out = []
         for msg in messages:
-            index = self.channels.index(msg.channel) if len(self.channels) > 1 else 0
+            index = self.index(msg.channel)
             if msg.key > self.last[index]:
                 self.last[index] = msg.key
                 out.append(msg)
@@ -375,7 +376,6 @@ class Router:
         max_backlog_bytes: int = 4 << 20,
         stall: float = 30.0,
         ping: float = 15.0,
-        ping_event: Callable[[Subscriber], dict[str, Any] | None] | None = None,
     ) -> None:
         self.by_channel: dict[str, dict[Subscriber, None]] = {}
         self.streams: dict[Subscriber, None] = {}

@@ -25,12 +25,12 @@ EMPTY = json_bytes({"channels": {}})
 Group = dict[str, Any]
 
 
-def _group(channel: str, etag: str, messages: list[Message], missed: bool) -> Group:
+def _group(etag: str, messages: list[Message], missed: bool) -> Group:
     return {"etag": etag, "messages": [m.as_json() for m in messages], "missed": missed}
 
 
 def _lp_events(msg: Message) -> list[dict[str, Any]]:
-    body = json_bytes({"channels": {msg.channel: _group(msg.channel, msg.etag, [msg], False)}})
+    body = json_bytes({"channels": {msg.channel: _group(msg.etag, [msg], False)}})
     return response_events(200, body, JSON, [(b"etag", f'"{msg.etag}"'.encode())])
 
 
@@ -51,7 +51,7 @@ class LongPollSubscriber(Subscriber):
                 gone = bool(missed and msg.channel in missed)
                 if gone and missed is not None:
                     missed.discard(msg.channel)
-                group = groups[msg.channel] = _group(msg.channel, msg.etag, [], gone)
+                group = groups[msg.channel] = _group(msg.etag, [], gone)
             group["messages"].append(msg.as_json())
             newest = etag_key(group["etag"])
             if newest is None or msg.key > newest:
@@ -120,7 +120,7 @@ async def begin(
         fresh = sub.fresh(history.messages)
         if history.exists and (fresh or history.missed):
             # resume from the channel's newest etag, an empty push's included
-            extra[channel] = _group(channel, history.last_etag, [], history.missed)
+            extra[channel] = _group(history.last_etag, [], history.missed)
         messages.extend(fresh)
     if messages or extra:
         sub.respond(messages, extra)
