@@ -7,7 +7,10 @@ message pushed while a subscriber connects is delivered exactly once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..channels import History, etag_key
@@ -92,24 +95,23 @@ async def histories(app: MartdApp, sub: Subscriber, req: Subscription) -> list[H
     return out
 
 
-async def run(
-    app: MartdApp, request: Request, req: Subscription, receive: Receive, send: Send
-) -> None:
+@contextlib.asynccontextmanager
+async def session(
+    app: MartdApp,
+    request: Request,
+    req: Subscription,
+    send: Send,
+    make: Callable[[], Subscriber],
+) -> AsyncIterator[tuple[Any, list[History]] | None]:
+    """The part every transport shares: attach, register, read history; on leaving,
+    unregister and detach. Yields ``None`` when the request was refused."""
     try:
         attached = await attach(app, req)
     except MartdError as error:
         await app.refuse(request, send, error)
+        yield None
         return
-    sub: Any
-    if req.transport == "sse":
-        sub = sse.SSESubscriber(send, req.channels, req.cid, app.router)
-    elif req.transport == "jsonp":
-        assert req.callback is not None  # parse_subscription requires one for jsonp
-        sub = longpoll.JSONPSubscriber(
-            send, req.channels, req.cid, app.router, callback=req.callback
-        )
-    else:
-        sub = longpoll.LongPollSubscriber(send, req.channels, req.cid, app.router)
+    sub = make()
     app.router.add(sub)
     try:
         try:
@@ -118,7 +120,33 @@ async def run(
             sub.closed = True
             app.router.remove(sub)
             await app.refuse(request, send, error)
+            yield None
             return
+        yield sub, found
+    finally:
+        app.router.remove(sub)
+        await detach(app, req, attached)
+
+
+def _subscriber(app: MartdApp, req: Subscription, send: Send) -> Subscriber:
+    if req.transport == "sse":
+        return sse.SSESubscriber(send, req.channels, req.cid, app.router)
+    if req.transport == "jsonp":
+        assert req.callback is not None  # parse_subscription requires one for jsonp
+        return longpoll.JSONPSubscriber(
+            send, req.channels, req.cid, app.router, callback=req.callback
+        )
+    return longpoll.LongPollSubscriber(send, req.channels, req.cid, app.router)
+
+
+async def run(
+    app: MartdApp, request: Request, req: Subscription, receive: Receive, send: Send
+) -> None:
+    make = functools.partial(_subscriber, app, req, send)
+    async with session(app, request, req, send, make) as started:
+        if started is None:
+            return
+        sub, found = started
         if req.transport == "sse":
             await sse.begin(sub, found, send, req.etags)
         else:
@@ -126,9 +154,6 @@ async def run(
             await longpoll.begin(sub, found, deadline=deadline, router=app.router)
         request.forget()
         await sub.wait(receive)
-    finally:
-        app.router.remove(sub)
-        await detach(app, req, attached)
 
 
 __all__ = ["subscribe"]

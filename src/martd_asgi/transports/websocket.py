@@ -33,7 +33,7 @@ from ..channels import History, Message, check_name, parse_push_attributes
 from ..errors import BadRequest, Forbidden, MartdError, PayloadTooLarge, Unavailable
 from ..router import Subscriber, _uncancel
 from .common import Receive, Request, Send, Subscription
-from .subscribe import attach, detach, histories
+from .subscribe import session
 
 if TYPE_CHECKING:
     from ..application import MartdApp
@@ -200,23 +200,13 @@ async def serve(
     app: MartdApp, request: Request, req: Subscription, receive: Receive, send: Send
 ) -> None:
     """The WebSocket handler (``MartdApp.websocket``): the subscribe flow, then listen."""
-    try:
-        attached = await attach(app, req)
-    except MartdError as error:
-        await app.refuse(request, send, error)
-        return
-    sub = WebSocketSubscriber(send, req.channels, req.cid, app.router)
-    app.router.add(sub)
-    try:
-        try:
-            found = await histories(app, sub, req)
-        except MartdError as error:
-            sub.closed = True
-            app.router.remove(sub)
-            await app.refuse(request, send, error)
+
+    def make() -> WebSocketSubscriber:
+        return WebSocketSubscriber(send, req.channels, req.cid, app.router)
+
+    async with session(app, request, req, send, make) as started:
+        if started is None:
             return
+        sub, found = started
         await begin(sub, found, send)
         await listen(app, request, sub, receive)
-    finally:
-        app.router.remove(sub)
-        await detach(app, req, attached)
