@@ -11,14 +11,12 @@ import contextlib
 import gc
 import hashlib
 import logging
-import signal
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import logformat, logs
+from . import logformat, logs, signals
 from .auth import Authority
 from .backends.base import Backend, make_backend
 from .channels import check_name, parse_push_attributes
@@ -99,7 +97,7 @@ class MartdApp:
             logs.install("uvicorn.access", "uvicorn.error", "martd")
             logformat.apply(self.settings.log_format)
             self.metrics.start()
-            self._chain_signals()
+            signals.watch(self, asyncio.get_running_loop())
             self.closing = False
             self.started = True
 
@@ -111,6 +109,7 @@ class MartdApp:
         deadline = time.monotonic() + self.settings.grace
         while self.router.by_channel and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        signals.unwatch(self)
         self.router.stop()
         await self.metrics.stop()
         await self.backend.aclose()
@@ -128,24 +127,6 @@ class MartdApp:
             yield
         finally:
             await self.shutdown()
-
-    def _chain_signals(self) -> None:
-        # Servers handle SIGTERM by waiting for open responses to end; our streams
-        # never end by themselves, so end them when the server is told to stop.
-        if threading.current_thread() is not threading.main_thread():
-            return
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous = signal.getsignal(sig)
-            if not callable(previous) or getattr(previous, "_martd", False):
-                continue
-
-            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
-                loop.call_soon_threadsafe(self.begin_shutdown)
-                previous(signum, frame)
-
-            handler._martd = True  # type: ignore[attr-defined]
-            signal.signal(sig, handler)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
