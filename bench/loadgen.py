@@ -582,6 +582,28 @@ async def await_or_note(fut: asyncio.Future[None], timeout: float, tally: Tally,
         return False
 
 
+async def sequential_pushes(
+    args: argparse.Namespace, pub: Publisher, tally: Tally, channel: str
+) -> tuple[list[float], float, float]:
+    """Push 1..args.pushes one at a time, each once the last reached everyone:
+    push-to-last-delivery latencies (ms), server CPU and our own CPU meanwhile."""
+    latencies = []
+    args.profiler.start()
+    own0, cpu0 = own_cpu(), server_cpu(args.pid)
+    for seq in range(1, args.pushes + 1):
+        done = tally.wait_message(seq)
+        t0 = time.perf_counter()
+        if await pub.push(channel, seq) is None:
+            break
+        if not await await_or_note(done, args.timeout, tally, f"message {seq}"):
+            break
+        latencies.append((tally.done_at[seq] - t0) * 1e3)
+    cpu = server_cpu(args.pid) - cpu0
+    own = own_cpu() - own0
+    args.profiler.stop()
+    return latencies, cpu, own
+
+
 async def scenario_idle(args: argparse.Namespace) -> dict[str, Any]:
     n = args.n
     tally = Tally(n)
@@ -632,20 +654,7 @@ async def scenario_fanout(args: argparse.Namespace) -> dict[str, Any]:
     done = tally.wait_message(0)
     await pub.push(channel, 0)
     await await_or_note(done, args.timeout, tally, "message 0")
-    latencies = []
-    args.profiler.start()
-    own0, cpu0 = own_cpu(), server_cpu(args.pid)
-    for seq in range(1, args.pushes + 1):
-        done = tally.wait_message(seq)
-        t0 = time.perf_counter()
-        if await pub.push(channel, seq) is None:
-            break
-        if not await await_or_note(done, args.timeout, tally, f"message {seq}"):
-            break
-        latencies.append((tally.done_at[seq] - t0) * 1e3)
-    cpu = server_cpu(args.pid) - cpu0
-    own = own_cpu() - own0
-    args.profiler.stop()
+    latencies, cpu, own = await sequential_pushes(args, pub, tally, channel)
     deliveries = len(subs) * len(latencies)
     result = {
         "subscribers": len(subs),
@@ -971,20 +980,7 @@ async def scenario_longpoll(args: argparse.Namespace) -> dict[str, Any]:
         if registered >= n:
             break
         await asyncio.sleep(0.05)
-    latencies = []
-    args.profiler.start()
-    own0, cpu0 = own_cpu(), server_cpu(args.pid)
-    for seq in range(1, args.pushes + 1):
-        done = tally.wait_message(seq)
-        t0 = time.perf_counter()
-        if await pub.push(channel, seq) is None:
-            break
-        if not await await_or_note(done, args.timeout, tally, f"message {seq}"):
-            break
-        latencies.append((tally.done_at[seq] - t0) * 1e3)
-    cpu = server_cpu(args.pid) - cpu0
-    own = own_cpu() - own0
-    args.profiler.stop()
+    latencies, cpu, own = await sequential_pushes(args, pub, tally, channel)
     deliveries = n * len(latencies)
     tally.closing = True
     for t in tasks:
