@@ -14,7 +14,7 @@ from typing import Any
 from ..backends.base import Control
 from ..channels import History, Message, etag_key
 from ..errors import MartdError
-from ..router import Subscriber
+from ..subscriber import Subscriber
 from .common import Send, json_bytes, response_events
 
 JSON = b"application/json"

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..backends.base import Control
 from ..channels import History, Message
-from ..router import Subscriber
+from ..subscriber import Subscriber
 from .common import NO_CACHE, Send
 
 RETRY_MS = 2000

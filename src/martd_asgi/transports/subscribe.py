@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..channels import History, etag_key
 from ..errors import MartdError, Unavailable
-from ..router import Subscriber
+from ..subscriber import Subscriber
 from . import longpoll, sse
 from .common import Receive, Request, Send, Subscription, parse_subscription
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..backends.base import Control
 from ..channels import History, Message, check_name, parse_push_attributes
 from ..errors import BadRequest, Forbidden, MartdError, PayloadTooLarge, Unavailable
-from ..router import Subscriber, _uncancel
+from ..subscriber import Subscriber, _uncancel
 from .common import Receive, Request, Send, Subscription
 from .subscribe import session
 
