@@ -227,3 +227,35 @@ async def test_backend_stats_count_channels_and_messages(bk: Started) -> None:
         2,
         3,
     )
+
+
+async def test_backend_life_expiry_after_order_was_restored(bk: Started) -> None:
+    await push(bk, "fifo", "A", life=100)
+    await push(bk, "fifo", "B", life=1)  # out of push order: B expires before A
+    await asyncio.sleep(1.2)
+    await bk.backend.history("fifo", "0")  # B expires; what is left is in order again
+    await push(bk, "fifo", "C", life=1)
+    await asyncio.sleep(1.3)
+    if hasattr(bk.backend, "expire"):
+        import time
+
+        bk.backend.expire(time.time())
+    history = await bk.backend.history("fifo", "0")
+    assert [m.data for m in history.messages] == ["A"]
+
+
+async def test_backend_one2one_on_creation_kicks_clients_already_waiting(bk: Started) -> None:
+    await bk.backend.attach("new", "early")
+    await bk.backend.attach("new", "late")
+    result = await bk.backend.publish("new", "x", attrs(one2one=True), server=True)
+    assert result.created and result.subscribers == 2
+    await wait_for(lambda: bk.controls())
+    assert bk.controls() == [Control("kicked", "new", "early")]
+    await bk.backend.detach("new", "late")
+    with pytest.raises(Conflict):
+        await bk.backend.attach("new", "late")
+    await bk.backend.detach("new", "early")
+    # creating a one2one channel nobody waits on kicks nobody
+    await push(bk, "quiet", "x", one2one=True)
+    await asyncio.sleep(0.1)
+    assert [c for c in bk.controls() if c.channel == "quiet"] == []

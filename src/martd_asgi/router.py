@@ -97,11 +97,12 @@ class Router:
             subs = self.by_channel.get(event.channel)
             if not subs:
                 return
-            self.counters["delivered"] += len(subs)
+            count = len(subs)  # one-shot subscribers leave the set as they are answered
+            self.counters["delivered"] += count
             for sub in tuple(subs):
                 sub.deliver(event)
             if self.on_deliver is not None:
-                self.on_deliver(event, len(subs))
+                self.on_deliver(event, count)
         else:
             subs = self.by_channel.get(event.channel)
             if subs:

@@ -194,6 +194,7 @@ class MemoryBackend:
             new_attrs = attrs.resolved()
 
         created = current is None
+        was_one2one = current is not None and current.attrs.one2one
         if current is None:
             if self.max_channels and len(self._channels) >= self.max_channels:
                 raise TooManyRequests(
@@ -203,7 +204,10 @@ class MemoryBackend:
                 )
             current = _Channel(new_attrs, None if attrs.key is None else hash_key(attrs.key))
             self._channels[channel] = current
-        switched_on = new_attrs.one2one and not current.attrs.one2one and not created
+        # one2one comes on: on an existing channel, or on one created while clients wait on it
+        switched_on = new_attrs.one2one and (
+            (not created and not was_one2one) or (created and self._subscribers.get(channel, 0) > 0)
+        )
         current.attrs = new_attrs
 
         key = self._clock.next(current.last)

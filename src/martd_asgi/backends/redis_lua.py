@@ -71,7 +71,8 @@ local function trim_expired(h, s, now)
     start = '(' .. batch[#batch][1]
   end
   redis.call('HSET', h, 'nx', fmt(newnx), 'dropped', dropped, 'droppedl', droppedl)
-  if not fifo and ordered then redis.call('HSET', h, 'fifo', '1') end
+  -- back in push order: the last push's expiry is now that of the newest kept entry
+  if not fifo and ordered then redis.call('HSET', h, 'fifo', '1', 'lx', fmt(prev)) end
 end
 
 -- Live subscribers across processes; forgets processes whose lease lapsed.
@@ -185,7 +186,8 @@ else
   if exists and not cur_key and keyhash ~= '' then return {'err', 'addkey'} end
   size, life, one2one = ARGV[5], ARGV[6], ARGV[7]
 end
-local switched_on = exists and one2one == '1' and cur[3] ~= '1'
+-- one2one comes on: on an existing channel, or on one created while clients wait on it
+local switched_on = one2one == '1' and ((exists and cur[3] ~= '1') or (not exists and subs > 0))
 
 local floor = redis.call('GET', idk) or '0-0'
 local fm, fs = parse_id(floor)
