@@ -537,7 +537,13 @@
     };
     if (!previous) setState(martd.state === "open" ? "reconnecting" : "connecting", t);
     if (!c.streaming) setLive(names);
-    c.x = TRANSPORTS[t](names, etags, h);
+    try {
+      c.x = TRANSPORTS[t](names, etags, h);
+    } catch (err) {
+      // e.g. an old browser's WebSocket refusing a relative URL, or mixed content:
+      // fail like any broken connection, so the next transport gets its turn
+      setTimeout(function () { h.error({ error: "transport: " + ((err && err.message) || err) }); }, 0);
+    }
     return c;
   }
 

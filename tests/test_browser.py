@@ -527,6 +527,21 @@ def test_client_without_eventsource_websocket_or_xhr_uses_jsonp(
     assert page.evaluate("martd.transport") == "jsonp"
 
 
+def test_client_falls_back_when_a_transport_cannot_even_be_constructed(
+    context: Any, server: SiteServer
+) -> None:
+    throwing = (
+        "window.EventSource = undefined;"
+        "window.WebSocket = function () { throw new Error('SecurityError'); };"
+    )
+    page = open_page(context, server, before=throwing)
+    page.evaluate("martd.config({retry: 50}); listen('throws')")
+    connected(server, "longpoll")
+    etag = push(server, "throws", "arrived anyway")["etag"]
+    assert got(page, 1) == [["throws", "arrived anyway", etag]]
+    assert page.evaluate("martd.transport") == "longpoll"
+
+
 def test_client_second_subscription_with_an_etag_catches_up_alone(
     context: Any, server: SiteServer
 ) -> None:
