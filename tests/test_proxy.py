@@ -286,3 +286,21 @@ async def test_proxy_slow_upstream_is_504(site: tuple[Upstream, ServerThread]) -
             assert answer.status_code == 504
             assert site[1].url in answer.json()["error"]
             assert (await http.get("/echo?still=up")).headers["x-query"] == "still=up"
+
+
+async def test_proxy_errors_never_show_upstream_credentials() -> None:
+    import socket as socketlib
+
+    from martd_asgi import create_app
+    from martd_asgi.proxy import ProxyMiddleware
+
+    closed = socketlib.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the upstream is down
+    app = ProxyMiddleware(create_app(), upstream=f"http://site:hunter2@127.0.0.1:{port}")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        answer = await client.get("/page")
+    assert answer.status_code == 502
+    assert "hunter2" not in answer.text and f"127.0.0.1:{port}" in answer.text

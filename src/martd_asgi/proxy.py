@@ -125,6 +125,8 @@ class Proxy:
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"upstream: {upstream!r} is not an http:// or https:// URL")
         self.upstream = upstream
+        # what answers and log lines say: never the credentials an upstream URL may hold
+        self.shown = str(url.copy_with(username=None, password=None)) if url.userinfo else upstream
         self.base = url.copy_with(query=None, fragment=None)
         self.owns_client = client is None
         self.client = client if client is not None else make_client(timeout)
@@ -189,12 +191,12 @@ class Proxy:
             return
         except (TimeoutError, httpx.TimeoutException):
             await send_error(
-                send, 504, f"upstream: {self.upstream} did not answer within {self.timeout:g} s"
+                send, 504, f"upstream: {self.shown} did not answer within {self.timeout:g} s"
             )
             return
         except httpx.HTTPError as exc:
             reason = str(exc) or type(exc).__name__
-            await send_error(send, 502, f"upstream: cannot reach {self.upstream} ({reason})")
+            await send_error(send, 502, f"upstream: cannot reach {self.shown} ({reason})")
             return
         if self.client.cookies:
             self.client.cookies.clear()
@@ -220,7 +222,7 @@ class Proxy:
             except httpx.HTTPError as exc:
                 # Too late for a status: leave the response incomplete so the
                 # browser sees a cut, not a clean end.
-                log.warning("upstream %s: response cut short (%s)", self.upstream, exc)
+                log.warning("upstream %s: response cut short (%s)", self.shown, exc)
                 group.cancel_scope.cancel()
                 return
             except OSError:
@@ -275,10 +277,10 @@ class Proxy:
             timed_out = isinstance(exc, TimeoutError)
             status = 504 if timed_out else 502
             message = (
-                f"upstream: {self.upstream} did not answer within {self.timeout:g} s"
+                f"upstream: {self.shown} did not answer within {self.timeout:g} s"
                 if timed_out
                 else "upstream: cannot open a WebSocket to "
-                f"{self.upstream} ({exc or type(exc).__name__})"
+                f"{self.shown} ({exc or type(exc).__name__})"
             )
             if can_deny:
                 await send_error(send, status, message, websocket=True)
