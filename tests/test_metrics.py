@@ -45,6 +45,28 @@ async def test_metrics_count_pushes_deliveries_bytes_and_latency(
         assert "secret-room" not in body
 
 
+async def test_metrics_count_bytes_delivered_to_long_polls(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    import asyncio
+
+    server = make_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        polls = [asyncio.create_task(client.get("/sub/lp-bytes?timeout=5")) for _ in range(3)]
+        deadline = time.monotonic() + 5
+        while server.martd.router.subscribers() < 3:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await client.post("/pub/lp-bytes", content="0123456789")
+        for poll in polls:
+            assert (await poll).json()["channels"]["lp-bytes"]["messages"][0][
+                "data"
+            ] == "0123456789"
+        body = (await client.get("/metrics")).text
+    assert metric(body, "martd_messages_delivered_total") == 3
+    assert metric(body, "martd_delivered_bytes_total") == 30
+
+
 async def test_metrics_rejections_are_labelled_by_status_and_field() -> None:
     app = create_app()
     transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 5000))
