@@ -55,26 +55,9 @@ __all__ = [
     "create_app",
 ]
 
-# The publisher client and its errors (martd_asgi.client), imported on first use.
-_CLIENT_NAMES = frozenset(
-    {
-        "AsyncClient",
-        "BadRequest",
-        "ChannelInfo",
-        "Client",
-        "ClientError",
-        "Conflict",
-        "Forbidden",
-        "Gone",
-        "NotFound",
-        "PayloadTooLarge",
-        "PublishResult",
-        "TooManyRequests",
-        "TransportError",
-        "Unauthorized",
-        "Unavailable",
-    }
-)
+# The publisher client and its errors (martd_asgi.client), imported on first use:
+# every public name but the server's own.
+_CLIENT_NAMES = frozenset(__all__) - {"MartdApp", "Settings", "__version__", "app", "create_app"}
 
 
 def __getattr__(name: str) -> Any:
