@@ -183,14 +183,25 @@ class EtagClock:
 class Message:
     """One pushed message. Encodings are made once, on first use, and shared."""
 
-    __slots__ = ("_cache", "channel", "data", "etag", "expires", "key")
+    __slots__ = ("_cache", "channel", "data", "etag", "event", "expires", "key", "type")
 
-    def __init__(self, channel: str, key: EtagKey, data: str, expires: float) -> None:
+    def __init__(
+        self,
+        channel: str,
+        key: EtagKey,
+        data: str,
+        expires: float,
+        *,
+        event: str | None = None,
+        type: str | None = None,
+    ) -> None:
         self.channel = channel
         self.key = key
         self.etag = format_etag(key)
         self.data = data
         self.expires = expires
+        self.event = event  # v1.1: the push's event name, if it gave one
+        self.type = type  # v1.1: the push's content type, if it kept one
         self._cache: dict[str, Any] = {}
 
     @property
@@ -214,7 +225,13 @@ class Message:
             return value
 
     def as_json(self) -> dict[str, str]:
-        return {"etag": self.etag, "data": self.data}
+        """The message object of long-poll, JSONP and ``?format=json`` SSE."""
+        body = {"etag": self.etag, "data": self.data}
+        if self.event is not None:
+            body["event"] = self.event
+        if self.type is not None:
+            body["type"] = self.type
+        return body
 
     def __repr__(self) -> str:
         return f"Message({self.channel!r}, {self.etag!r}, {len(self.data)} chars)"

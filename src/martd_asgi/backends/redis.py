@@ -93,9 +93,9 @@ def connect(url: str, options: dict[str, Any]) -> tuple[Any, str, list[Any]]:
         hosts = [(parts.hostname or "127.0.0.1", parts.port or 26379)]
         hosts += [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in more]
         auth = {"username": parts.username, "password": parts.password}
-        tls = {"ssl": True} if parts.scheme == "rediss" else {}
+        tls: dict[str, Any] = {"ssl": True} if parts.scheme == "rediss" else {}
         timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
-        sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, **tls}, **tls)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, **tls}, **tls)  # type: ignore[no-untyped-call,unused-ignore]
         db = int(parts.path.strip("/") or 0)
         client = sentinel.master_for(master, **{"db": db, **auth, **options})
         return client, prefix, list(sentinel.sentinels)
