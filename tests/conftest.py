@@ -18,6 +18,9 @@ import uvicorn
 
 from martd_asgi import create_app
 
+# The browser engines' fixtures (`context`, `engine`, ...) for any test module.
+pytest_plugins = ["browsers"]
+
 # The tests run many apps in one process, like a host that mounts martd: leave the
 # process's garbage collector alone (test_lifecycle checks the tuning on its own).
 os.environ.setdefault("MARTD_GC_TUNE", "0")

@@ -1,8 +1,11 @@
-"""client.js and the demo page in Debian's Chromium, driven by Playwright, against real servers.
+"""client.js and the demo page in real browsers, against real servers.
 
-Pages are served by Playwright (``route.fulfill``) on the server's origin, or on
-another origin, so that client.js loads from the real server as it would in a
-site. Every wait has a deadline; Chromium never downloads anything.
+Each test runs in Debian's Chromium (driven by Playwright); those marked
+``@both_engines`` run in Firefox ESR too (driven over Marionette): the transports
+and the browser features where engines differ (see browsers.py). Pages are served
+by a small site on the server's origin, or on another origin, so that client.js
+loads from the real server as it would in a site. Every wait has a deadline; the
+browsers never download anything.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import os
 import re
 import socket
 import time
@@ -20,23 +22,14 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServerThread, require
+from browsers import both_engines
+from conftest import ServerThread
 from martd_asgi import create_app
 from martd_asgi.channels import PushAttributes
 from martd_asgi.tokens import mint_token
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--headless=new",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SECRET = "browser-test-secret"
 AUTH = {"authorization": f"Bearer {SECRET}"}
 TRANSPORTS = ["sse", "longpoll", "jsonp", "websocket"]
@@ -64,26 +57,6 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>t</title></hea
 # ------------------------------------------------------------------ harness
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    require("browser", os.path.exists(CHROMIUM), f"{CHROMIUM} is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # launch() gives every run a new, empty profile directory of its own.
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def context(browser: Any) -> Iterator[Any]:
-    ctx = browser.new_context()
-    ctx.set_default_timeout(10_000)
-    yield ctx
-    ctx.close()
-
-
 class Site:
     """A web site that hosts martd: its own pages, martd at / or under a prefix."""
 
@@ -91,8 +64,11 @@ class Site:
         self.martd = martd
         self.prefix = prefix
         self.pages: dict[str, str] = {}
+        self.subscriptions: list[str] = []  # the /sub/ requests it was asked, in order
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and "/sub/" in scope["path"]:
+            self.subscriptions.append(f"{scope['path']}?{scope['query_string'].decode()}")
         if scope["type"] == "http" and scope["path"] in self.pages:
             body = self.pages[scope["path"]].encode()
             headers = [(b"content-type", b"text/html; charset=utf-8")]
@@ -225,6 +201,7 @@ def settle(page: Any, server: SiteServer, channel: str = "sync", **query: str) -
 # ----------------------------------------------------------------- delivery
 
 
+@both_engines
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_client_delivers_on_each_transport(
     context: Any, server: SiteServer, transport: str
@@ -237,6 +214,7 @@ def test_client_delivers_on_each_transport(
     assert page.evaluate("[martd.state, martd.transport]") == ["open", transport]
 
 
+@both_engines
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_client_resumes_exactly_after_the_given_etag(
     context: Any, server: SiteServer, transport: str
@@ -264,13 +242,12 @@ def test_client_etag_zero_gets_everything_retained_and_missed_when_evicted(
 # ----------------------------------------------------------- one connection
 
 
+@both_engines
 def test_client_keeps_all_subscriptions_on_one_connection(context: Any, server: SiteServer) -> None:
     page = open_page(context, server)
-    requests: list[str] = []
-    page.on("request", lambda r: requests.append(r.url) if "/sub/" in r.url else None)
     page.evaluate("listen('a'); listen('b')")
     connected(server, "sse")
-    page.evaluate("1")  # lets Playwright hand over the request events it has
+    requests = server.site.subscriptions
     assert len(requests) == 1 and "/sub/a,b?" in requests[0]
     ea, eb = push(server, "a", "to a")["etag"], push(server, "b", "to b")["etag"]
     assert got(page, 2) == [["a", "to a", ea], ["b", "to b", eb]]
@@ -284,7 +261,7 @@ def test_client_keeps_all_subscriptions_on_one_connection(context: Any, server: 
     assert got(page, 4)[2:] == [["a", "while reopening", during], ["c", "to c", ec]]
     settle(page, server, "a")
     assert len(page.evaluate("window.got")) == 5
-    assert len(requests) == 2
+    assert len(requests) == 2, requests
 
 
 def test_client_cancel_stops_delivery(context: Any, server: SiteServer) -> None:
@@ -302,6 +279,7 @@ def test_client_cancel_stops_delivery(context: Any, server: SiteServer) -> None:
 # --------------------------------------------------------------------- pub
 
 
+@both_engines
 @pytest.mark.parametrize("transport", ["sse", "websocket"])
 def test_client_pub_with_key_delivers_and_wrong_key_rejects(
     context: Any, serve: Callable[..., SiteServer], transport: str
@@ -398,6 +376,7 @@ def test_client_token_opens_private_channels_and_grants_pushes(
 # -------------------------------------------------------------------- tabs
 
 
+@both_engines
 def test_client_tabs_share_one_connection(context: Any, server: SiteServer) -> None:
     first = open_page(context, server)
     first.evaluate("listen('news')")
@@ -424,6 +403,7 @@ def test_client_tabs_share_one_connection(context: Any, server: SiteServer) -> N
     assert len(second.evaluate("window.got")) == 4
 
 
+@both_engines
 def test_client_tab_resuming_from_an_etag_catches_up_through_the_leader(
     context: Any, server: SiteServer
 ) -> None:
@@ -460,6 +440,7 @@ def test_client_finds_a_server_mounted_under_a_prefix(
     assert got(page, 1) == [["mounted", "hi", answer.json()["etag"]]]
 
 
+@both_engines
 def test_client_from_another_origin_falls_back_and_remembers(
     context: Any, server: SiteServer, serve: Callable[..., SiteServer]
 ) -> None:
@@ -568,6 +549,7 @@ def test_client_second_subscription_with_an_etag_catches_up_alone(
     assert [m[1] for m in page.evaluate("window.got")] == ["m0", "m1", "m2", "m3", "marker"]
 
 
+@both_engines
 def test_client_loads_as_an_es_module(context: Any, serve: Callable[..., SiteServer]) -> None:
     server = serve(prefix="/martd")
     server.site.pages["/module.html"] = """<!doctype html><meta charset="utf-8">
@@ -602,6 +584,7 @@ def test_client_deleted_channel_is_told_and_ends(context: Any, server: SiteServe
 # --------------------------------------------------------------------- demo
 
 
+@both_engines
 def test_demo_page_subscribes_and_pushes_by_clicking(context: Any, server: SiteServer) -> None:
     page = context.new_page()
     page.goto(f"{server.url}/demo?channel=")
