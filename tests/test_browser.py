@@ -202,6 +202,19 @@ def settle(page: Any, server: SiteServer, channel: str = "sync", **query: str) -
 
 
 @both_engines
+def test_pages_run_in_the_named_engine_with_what_tabs_need_to_share(
+    context: Any, server: SiteServer, engine: str
+) -> None:
+    page = open_page(context, server)
+    agent = page.evaluate("navigator.userAgent")
+    assert ("Firefox/" in agent) == (engine == "firefox"), agent
+    # Loopback http:// is a secure context: Web Locks and BroadcastChannel are there.
+    assert page.evaluate(
+        "[isSecureContext, !!navigator.locks, typeof BroadcastChannel, martd.state]"
+    ) == [True, True, "function", "idle"]
+
+
+@both_engines
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_client_delivers_on_each_transport(
     context: Any, server: SiteServer, transport: str
@@ -307,7 +320,18 @@ def test_client_pub_with_key_delivers_and_wrong_key_rejects(
 # ------------------------------------------------------------------ restart
 
 
-@pytest.mark.parametrize("transport", ["sse", "websocket", "jsonp"])
+@pytest.mark.parametrize(
+    ("engine", "transport"),
+    # Firefox on the two transports whose reconnect paths are the engine's own.
+    [
+        ("chromium", "sse"),
+        ("chromium", "websocket"),
+        ("chromium", "jsonp"),
+        ("firefox", "sse"),
+        ("firefox", "websocket"),
+    ],
+    indirect=["engine"],
+)
 def test_client_gets_what_it_missed_across_a_server_restart(context: Any, transport: str) -> None:
     app = create_app(secret=SECRET)
     site = Site(app)
