@@ -132,6 +132,19 @@ def server(serve: Callable[..., SiteServer]) -> SiteServer:
     return serve()
 
 
+def put_page(
+    server: SiteServer,
+    *,
+    src: str | None = None,
+    path: str = "/t.html",
+    before: str = "",
+    **data: str,
+) -> None:
+    attrs = " ".join(f'data-{k}="{v}"' for k, v in data.items())
+    src = src or f"{server.base}/client.js"
+    server.site.pages[path] = PAGE % {"src": src, "attrs": attrs, "before": before}
+
+
 def open_page(
     context: Any,
     server: SiteServer,
@@ -143,9 +156,7 @@ def open_page(
 ) -> Any:
     """A page of ``server``'s site that loads client.js (from ``src``) with data- attributes,
     after running the script ``before``."""
-    attrs = " ".join(f'data-{k}="{v}"' for k, v in data.items())
-    src = src or f"{server.base}/client.js"
-    server.site.pages[path] = PAGE % {"src": src, "attrs": attrs, "before": before}
+    put_page(server, src=src, path=path, before=before, **data)
     page = context.new_page()
     page.goto(server.url + path)
     return page
@@ -240,6 +251,31 @@ def test_client_resumes_exactly_after_the_given_etag(
     later = push(server, "log", "m5")["etag"]
     assert got(page, 4)[3] == ["log", "m5", later]
     assert page.evaluate("window.events") == []
+
+
+@both_engines
+def test_client_tab_resumes_across_page_loads_on_the_transport_it_remembered(
+    context: Any, server: SiteServer
+) -> None:
+    page = open_page(context, server, before="window.EventSource = undefined;")
+    page.evaluate("listen('log')")
+    connected(server, "websocket")
+    first = push(server, "log", "m0")["etag"]
+    assert got(page, 1) == [["log", "m0", first]]
+    page.evaluate(f"sessionStorage.setItem('last', {json.dumps(first)})")
+
+    # The next page of this tab has EventSource, but keeps the transport that worked;
+    # it resumes from the etag the page kept, so what came while it loaded arrives.
+    put_page(server)
+    page.reload()
+    away = [push(server, "log", data)["etag"] for data in PAYLOADS]
+    page.evaluate("listen('log', sessionStorage.getItem('last'))")
+    assert got(page, len(PAYLOADS)) == [["log", d, e] for d, e in zip(PAYLOADS, away)]
+    connected(server, "websocket")
+    assert page.evaluate("[martd.transport, sessionStorage.getItem('martd.transport')]") == [
+        "websocket",
+        "websocket",
+    ]
 
 
 def test_client_etag_zero_gets_everything_retained_and_missed_when_evicted(
