@@ -301,6 +301,12 @@ class FirefoxContext:
         return page
 
     def close(self) -> None:
+        # Cookies are the site's (127.0.0.1), whatever the port: the next test starts
+        # without them, as in a new Playwright context. Other storage is per port.
+        for page in self.pages:
+            if not page.closed and page.url.startswith("http"):
+                self.firefox.use(page.handle).delete_all_cookies()
+                break
         for page in self.pages:
             page.close()
 

@@ -223,6 +223,9 @@ def test_pages_run_in_the_named_engine_with_what_tabs_need_to_share(
     assert page.evaluate(
         "[isSecureContext, !!navigator.locks, typeof BroadcastChannel, martd.state]"
     ) == [True, True, "function", "idle"]
+    # Playwright's evaluate: a function gets the argument, a promise is awaited.
+    assert page.evaluate("(n) => n + 1", 41) == 42
+    assert page.evaluate("new Promise(function (ok) { setTimeout(ok, 10, 'later'); })") == "later"
 
 
 @both_engines
