@@ -114,7 +114,9 @@ class Page(Protocol):
     def goto(self, url: str) -> Any: ...
     def reload(self) -> Any: ...
     def evaluate(self, expression: str, arg: Any = None) -> Any: ...
-    def wait_for_function(self, expression: str, *, timeout: float | None = None) -> Any: ...
+    def wait_for_function(
+        self, expression: str, *, arg: Any = None, timeout: float | None = None
+    ) -> Any: ...
     def fill(self, selector: str, value: str) -> None: ...
     def click(self, selector: str) -> None: ...
     def select_option(self, selector: str, value: str) -> Any: ...
@@ -219,7 +221,7 @@ class Firefox:
         with warnings.catch_warnings():
             # mozinfo, imported by it, calls a deprecated distro function at import
             warnings.simplefilter("ignore", DeprecationWarning)
-            from marionette_driver.marionette import Marionette
+            from marionette_driver.marionette import Marionette  # type: ignore[import-untyped]
 
         self.profile = tempfile.mkdtemp(prefix="martd-firefox-")
         with open(os.path.join(self.profile, "user.js"), "w") as prefs:
@@ -338,8 +340,10 @@ class FirefoxPage:
     def evaluate(self, expression: str, arg: Any = None) -> Any:
         return self._run(_EVALUATE, expression, arg)
 
-    def wait_for_function(self, expression: str, *, timeout: float | None = None) -> Any:
-        return self._until(lambda: self.evaluate(expression), expression, timeout)
+    def wait_for_function(
+        self, expression: str, *, arg: Any = None, timeout: float | None = None
+    ) -> Any:
+        return self._until(lambda: self.evaluate(expression, arg), expression, timeout)
 
     def wait_for_selector(self, selector: str, *, timeout: float | None = None) -> None:
         self._until(lambda: self._run(_VISIBLE, selector), f"visible {selector}", timeout)
