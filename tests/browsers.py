@@ -7,7 +7,8 @@ page, ``fill``, ``click``, ``select_option``, ``wait_for_selector`` and
 ``text_content``. In Chromium (Debian's, driven by Playwright) the context and its
 pages are Playwright's own objects; in Firefox ESR (Debian's, driven over
 Marionette) they are the classes below. A test runs in Chromium only unless it is
-marked ``@both_engines``; one that also uses Playwright's own extras (``page.on``,
+marked ``@both_engines`` (or ``@engines_with(...)``, for a parameter of which Firefox
+runs a subset); one that also uses Playwright's own extras (``page.on``,
 ``context.route``) stays Chromium-only.
 """
 
@@ -134,6 +135,13 @@ class Context(Protocol):
 
 both_engines = pytest.mark.parametrize("engine", ENGINES, indirect=True)
 """Run a test in Firefox as well as in Chromium."""
+
+
+def engines_with(name: str, chromium: list[str], firefox: list[str]) -> pytest.MarkDecorator:
+    """Parametrise ``name`` over ``chromium``'s values in Chromium and ``firefox``'s in
+    Firefox (the subset where the engines differ)."""
+    pairs = [("chromium", v) for v in chromium] + [("firefox", v) for v in firefox]
+    return pytest.mark.parametrize(("engine", name), pairs, indirect=["engine"])
 
 
 @pytest.fixture
