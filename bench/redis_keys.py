@@ -82,11 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     directory = tempfile.mkdtemp(prefix="martd-redis-keys-")
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", directory],
-        stdout=subprocess.DEVNULL,
-    )
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", directory]
+    server = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while True:
