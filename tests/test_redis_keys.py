@@ -106,6 +106,20 @@ async def test_redis_clock_stepped_back_never_gives_an_etag_out_again(
         await listener.detach("c", "reader")
 
 
+async def test_redis_live_channel_grows_when_the_clock_key_was_lost(url: str) -> None:
+    async with backend(url) as one:
+        old = (await one.publish("c", "old", PushAttributes(), server=True)).etag
+        await one._client.delete(one._keys("c")[2])  # e.g. deleted by hand
+        behind = clock_at(url, etag_key(old)[0])  # type: ignore[index]
+        try:
+            new = (await behind.publish("c", "new", PushAttributes(), server=True)).etag
+        finally:
+            await behind.aclose()
+        assert etag_key(new) > etag_key(old)  # type: ignore[operator]
+        history = await one.history("c", "0")
+        assert [(m.etag, m.data) for m in history.messages] == [(old, "old"), (new, "new")]
+
+
 async def test_redis_dropped_channels_leave_only_the_id_clock(url: str) -> None:
     async with backend(url) as one:
         await one.start(lambda event: None)

@@ -39,9 +39,12 @@ local function fmt(n)
   return string.format('%d', n)
 end
 
--- The next stream id: above every id this clock gave out, whatever TIME does.
-local function next_id(clock, now)
-  local fm, fs = parse_id(redis.call('GET', clock) or '0-0')
+-- The next stream id: above every id this clock gave out, whatever TIME does,
+-- and above `last` (a stream's newest id, should the clock have been lost).
+local function next_id(clock, now, last)
+  local floor = redis.call('GET', clock) or '0-0'
+  if last and id_gt(last, floor) then floor = last end
+  local fm, fs = parse_id(floor)
   local id
   if now > fm then id = fmt(now) .. '-0' else id = fmt(fm) .. '-' .. fmt(fs + 1) end
   redis.call('SET', clock, id)
@@ -224,7 +227,7 @@ end
 -- one2one comes on: on an existing channel, or on one created while clients wait on it
 local switched_on = one2one == '1' and ((exists and cur[3] ~= '1') or (not exists and subs > 0))
 
-local id = next_id(clock, now)
+local id = next_id(clock, now, exists and redis.call('HGET', h, 'last'))
 local x = now + tonumber(life) * 1000
 redis.call('XADD', s, id, 'x', fmt(x), 'd', data)
 
