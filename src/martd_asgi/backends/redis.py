@@ -113,6 +113,7 @@ POOL_WAIT = 5.0
 
 class RedisBackend:
     name = "redis"
+    shared = True  # every process sees every channel (its stats count them all)
 
     def __init__(
         self,
