@@ -164,6 +164,17 @@ async def test_redis_each_key_expires_with_what_it_holds(url: str) -> None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
 
+        # A deleted channel is noted for processes that could not hear of it, while
+        # its subscribers' leases last; without subscribers nothing is noted.
+        await one.publish("d", "x", PushAttributes(), server=True)
+        await one.delete("d")
+        assert not await client.exists(one._names.gone("d"))
+        await one.publish("d", "x", PushAttributes(), server=True)
+        await one.attach("d", "reader")
+        await one.delete("d")
+        assert 0 < await client.pttl(one._names.gone("d")) <= lease
+        await one.detach("d", "reader")
+
         # A process that stops renewing (it crashed): its lease and holds lapse on their own.
         await one.attach("q", "reader")
         _, _, _, qn, qo = one._keys("q")

@@ -134,6 +134,7 @@ class RedisBackend:
 
         self._names = KeyNames(self._prefix, cluster=isinstance(self._client, RedisCluster))
         self._fanout = Fanout(self._client, f"{self._prefix}:events", self._keys)
+        self._fanout.gone_key = self._names.gone
         self._renew_now = asyncio.Event()
         self._fanout.on_reconnect = self._renew_now.set
         self._node = secrets.token_hex(8)
@@ -322,9 +323,8 @@ class RedisBackend:
         )
 
     async def delete(self, channel: str) -> bool:
-        reply = await self._call(
-            self._delete, self._keys_hsno(channel), [self._fanout.events, channel]
-        )
+        keys = [*self._keys_hsno(channel), self._names.gone(channel)]
+        reply = await self._call(self._delete, keys, [self._fanout.events, channel])
         return bool(reply)
 
     # ------------------------------------------------------------- subscribers

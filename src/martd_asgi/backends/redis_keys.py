@@ -32,6 +32,10 @@ class KeyNames:
         base = f"{self.prefix}:{{{name}}}:"
         return [base + "h", base + "s", self.clock(base + "h"), base + "n", base + "o"]
 
+    def gone(self, name: str) -> str:
+        """The newest etag of a deleted channel, for processes that did not hear of it."""
+        return f"{self.prefix}:{{{name}}}:g"
+
     def clock(self, key: str) -> str:
         """The id clock of the slot ``key`` is in."""
         if not self._per_slot:

@@ -11,6 +11,7 @@ Keys of a channel (see docs/scaling.md), each expiring with what it holds:
     s   stream  one entry per message: x (expiry, ms since the epoch), d (data)
     n   hash    node -> "connections lease-expiry": subscribers per process
     o   hash    cid -> "arrival expiry" (one2one holds and their order), "#" -> counter
+    g   string  newest id of a deleted channel, while subscribers' leases on it last
 
 and the id clock of the slot (``redis_keys``), a string: the newest id given
 out there. It is the one key that outlives channels, so that ids only grow.
@@ -307,11 +308,15 @@ if not given then return {last, 0, droppedl, redis.call('XRANGE', s, '-', '+')} 
 return {last, 1, droppedl, redis.call('XRANGE', s, '(' .. after, '+')}
 """
 
-# KEYS h s n o; ARGV events channel -> 1 deleted, 0 no such channel
+# KEYS h s n o g; ARGV events channel -> 1 deleted, 0 no such channel
 DELETE = r"""
-local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local h, s, n, o, g = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = now_ms()
 if not alive(h, s, n, now) then return 0 end
+-- A process that cannot hear the notification now learns of it when it
+-- reconnects, while its subscribers' lease on the channel lasts.
+local ttl = redis.call('PTTL', n)
+if ttl > 0 then redis.call('SET', g, redis.call('HGET', h, 'last') or '0-0', 'PX', ttl) end
 redis.call('DEL', h, s, o)
 redis.call('PUBLISH', ARGV[1], 'd' .. ARGV[2])
 return 1
