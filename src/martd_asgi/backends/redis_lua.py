@@ -3,7 +3,8 @@
 A script runs atomically, so pushes from many processes get one order and
 etags that never collide. Every key a script touches belongs to one channel
 and carries its ``{name}`` hash tag, so a channel lives in one Redis Cluster
-slot. Times are Redis's own clock (``TIME``), the same for every process.
+slot (the id clock, shared by the channels of a slot, is named to land in it).
+Times are Redis's own clock (``TIME``), the same for every process.
 
 Keys of a channel (see docs/scaling.md), each expiring with what it holds:
 
