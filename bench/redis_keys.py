@@ -82,8 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     directory = tempfile.mkdtemp(prefix="martd-redis-keys-")
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", directory]
-    server = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+    options = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", directory]
+    server = subprocess.Popen(["redis-server", *options], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while True:
