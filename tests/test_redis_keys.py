@@ -9,10 +9,12 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 from redis.crc import key_slot
 
-from conftest import redis_url, wait_for
+from conftest import redis_url, running, wait_for
+from martd_asgi import create_app
 from martd_asgi.backends import redis_lua
 from martd_asgi.backends.base import Event
 from martd_asgi.backends.redis import RedisBackend
@@ -40,13 +42,19 @@ async def backend(url: str, **options: float) -> AsyncIterator[RedisBackend]:
         await one.aclose()
 
 
-def clock_at(url: str, ms: int) -> RedisBackend:
-    """A backend whose scripts read ``ms`` from Redis's clock (TIME stepped back there)."""
+@contextlib.contextmanager
+def frozen_clock(ms: int) -> Iterator[None]:
+    """Backends made meanwhile read ``ms`` from Redis's clock (TIME stepped back there)."""
     with pytest.MonkeyPatch.context() as patch:
         for name in SCRIPTS:
             text = getattr(redis_lua, name)
             assert text.count(TIME) == 1
             patch.setattr(redis_lua, name, text.replace(TIME, f"  return {ms}\n"))
+        yield
+
+
+def clock_at(url: str, ms: int) -> RedisBackend:
+    with frozen_clock(ms):
         return RedisBackend(url)
 
 
@@ -104,6 +112,26 @@ async def test_redis_clock_stepped_back_never_gives_an_etag_out_again(
         handed = [(e.etag, e.data) for e in events if isinstance(e, Message)]
         assert handed == [(old, "old")] + [(e, f"new{i}") for i, e in enumerate(etags)]
         await listener.detach("c", "reader")
+
+
+async def test_redis_long_poll_with_an_etag_of_a_deleted_channel_is_told_missed(
+    url: str,
+) -> None:
+    with running(create_app(backend=url)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            old = (await http.post("/pub/c", content="old")).json()["etag"]
+            assert (await http.delete("/pub/c")).status_code == 200
+            # Another martd, on a Redis whose clock stepped back to the old etag's millisecond.
+            with frozen_clock(etag_key(old)[0]):  # type: ignore[index]
+                behind_app = create_app(backend=url)
+            with running(behind_app) as behind:
+                answer = await http.post(f"{behind.url}/pub/c?life=3600", content="new")
+                assert answer.status_code == 201
+            new = answer.json()["etag"]
+            assert new != old
+            poll = (await http.get("/sub/c", params={"etag": old})).json()["channels"]["c"]
+            assert poll["missed"] is True
+            assert [(m["etag"], m["data"]) for m in poll["messages"]] == [(new, "new")]
 
 
 async def test_redis_live_channel_grows_when_the_clock_key_was_lost(url: str) -> None:
