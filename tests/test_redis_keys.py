@@ -174,6 +174,12 @@ async def test_redis_each_key_expires_with_what_it_holds(url: str) -> None:
         assert 59_000 < await client.pttl(s) <= 60_000
         assert await client.pttl(clock) == -1  # the one key that outlives channels
         assert await keys_of(one) == {h, s, clock}
+        # a long-lived message evicted by a short-lived one no longer keeps the channel
+        await one.publish("short", "long", PushAttributes(size=1, life=3600), server=True)
+        await one.publish("short", "brief", PushAttributes(size=1, life=1), server=True)
+        assert 0 < await client.pttl(one._keys("short")[0]) <= 1000
+        assert 0 < await client.pttl(one._keys("short")[1]) <= 1000
+        await client.delete(*one._keys("short")[:2])
 
         await one.attach("c", "reader")
         assert 0 < await client.pttl(n) <= lease  # this process's lease

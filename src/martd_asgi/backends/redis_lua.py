@@ -253,7 +253,15 @@ local nx = tonumber(cur[7] or '0')
 if nx == 0 or x < nx then nx = x end
 local mx = tonumber(cur[8] or '0')
 if x > mx then mx = x end
-if x < tonumber(cur[9] or '0') then redis.call('HSET', h, 'fifo', '0') end
+-- The keys go with the last message to expire: evicted ones no longer count.
+if len == 1 then
+  mx = x
+  redis.call('HSET', h, 'fifo', '1')
+elseif x < tonumber(cur[9] or '0') then
+  redis.call('HSET', h, 'fifo', '0')
+elseif not exists or redis.call('HGET', h, 'fifo') ~= '0' then
+  mx = x  -- in expiry order, the newest message goes last
+end
 if not exists then
   redis.call('HSET', h, 'first', id, 'fifo', '1')
   if keyhash ~= '' then redis.call('HSET', h, 'key', keyhash) end
