@@ -15,10 +15,10 @@ export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting";
  * - omitted (or `null`): where this tab last left the channel (kept across page
  *   loads of the tab), else `"0"`;
  * - `"0"`: every message the channel retains, then new ones;
- * - `"now"`: only messages pushed from now on;
+ * - `false`: only messages pushed from now on;
  * - an etag: every retained message pushed after it, then new ones.
  */
-export type Start = "0" | "now" | (string & {});
+export type Start = "0" | (string & {}) | false | null;
 
 /** What a message carries besides its payload (v1.1): set when its push named them. */
 export interface MessageInfo {
@@ -67,6 +67,8 @@ export interface PushError extends Error {
   /** The HTTP status (0 when the connection closed before an answer). */
   status: number;
 }
+
+export type PushCallback = (error: PushError | null, answer?: PushAnswer) => void;
 
 /** A channel the server refused (401, 403, 409, 410), or a failure on the way. */
 export interface ErrorDetail {
@@ -124,6 +126,8 @@ export interface Config {
   idle: number;
   /** A signed token: grants for private channels and pushes. */
   token: string | null;
+  /** Send cookies to martd on another origin (EventSource and XHR `withCredentials`). */
+  credentials: boolean;
   /** Seconds a long-poll waits. */
   timeout: number;
   /** Milliseconds before the first reconnect; doubles up to `maxRetry`. */
@@ -145,12 +149,20 @@ export interface Martd {
   readonly transport: Transport | null;
 
   /** Receive each message of `channel`, from `start` on (see `Start`). */
-  sub(channel: string, cb: MessageCallback, start?: Start | null): Subscription;
+  sub(channel: string, cb: MessageCallback, start?: Start): Subscription;
   /**
    * Push into `channel` with its key (`null` for none: a page that is a server).
-   * A string is sent as it is, anything else as JSON.
+   * A string is sent as it is, anything else as JSON. `done`, if given, is
+   * called node-style as well (browsers without `Promise` get `null` back).
    */
-  pub(channel: string, key: string | null, data: unknown, attrs?: PushAttributes): Promise<PushAnswer>;
+  pub(
+    channel: string,
+    key: string | null,
+    data: unknown,
+    attrs?: PushAttributes | null,
+    done?: PushCallback,
+  ): Promise<PushAnswer>;
+  pub(channel: string, key: string | null, data: unknown, done: PushCallback): Promise<PushAnswer>;
   /** Who subscribes to `channel` now (a page with the rights to ask). */
   presence(channel: string): Promise<PresenceClient[]>;
 
@@ -170,6 +182,7 @@ export declare const martd: Martd;
 export default martd;
 export declare const sub: Martd["sub"];
 export declare const pub: Martd["pub"];
+export declare const on: Martd["on"];
 
 declare global {
   /** The classic script's global. */

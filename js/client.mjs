@@ -14,3 +14,4 @@ export { martd };
 export default martd;
 export var sub = martd.sub;
 export var pub = martd.pub;
+export var on = martd.on;

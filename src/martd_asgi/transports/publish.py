@@ -30,11 +30,7 @@ async def publish(
     result = await app.backend.publish(channel, data, attrs, server=server)
     app.counters["published"] += 1
     app.counters["published_bytes"] += len(data.encode()) if not data.isascii() else len(data)
-    answer = result.body()
-    if not data:
-        # The original martd's empty push sets attributes; its message is never sent.
-        answer["delivered"] = False
-    await send_json(send, 201 if result.created else 200, answer)
+    await send_json(send, 201 if result.created else 200, result.answer(data))
 
 
 async def info(app: MartdApp, request: Request, channel: str, send: Send) -> None:
