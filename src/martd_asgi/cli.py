@@ -168,7 +168,10 @@ def serve(**kwargs: Any) -> None:
     host = config.host if ":" not in config.host else f"[{config.host}]"
     port = sock.getsockname()[1]
     base = f"{scheme}://{host}:{port}{kwargs.get('prefix', '/martd').rstrip('/')}"
-    click.echo(f"martd: serving at {base}/ (demo page: {base}/demo)", err=True)
+    click.echo(
+        f"martd: serving at {base}/ (demo page: {base}/demo, dashboard: {base}/dashboard)",
+        err=True,
+    )
     if kwargs.get("upstream"):
         click.echo(f"martd: every other path goes to {kwargs['upstream']}", err=True)
     try:
