@@ -86,9 +86,8 @@ export interface StateDetail {
   transport: Transport | null;
 }
 
-/** Someone (a `cid`) began or stopped subscribing to a channel with presence. */
+/** Someone (a `cid`) began (`join`) or stopped (`leave`) subscribing to a channel with presence. */
 export interface PresenceEvent {
-  type: "join" | "leave";
   channel: string;
   cid: string;
   user: string | null;
@@ -163,7 +162,7 @@ export interface Martd {
     done?: PushCallback,
   ): Promise<PushAnswer>;
   pub(channel: string, key: string | null, data: unknown, done: PushCallback): Promise<PushAnswer>;
-  /** Who subscribes to `channel` now (a page with the rights to ask). */
+  /** Who subscribes to `channel` now; rejects with a `PushError`-like status (403 without server rights on it). */
   presence(channel: string): Promise<PresenceClient[]>;
 
   on<K extends EventName>(name: K, fn: (detail: EventDetails[K]) => void): Martd;

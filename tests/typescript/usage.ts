@@ -42,7 +42,7 @@ martd
   .on("deleted", (e) => console.log(e.channel))
   .on("state", (s) => console.log(s.state === "open", s.transport))
   .on("join", (p) => console.log(p.cid, p.user))
-  .on("leave", (p) => console.log(p.type === "leave"));
+  .on("leave", (p) => console.log(p.channel, p.cid));
 
 // @ts-expect-error: a callback gets a string payload, not a number
 martd.sub("room.7", (payload: number) => payload);
