@@ -162,7 +162,7 @@ export interface Martd {
     done?: PushCallback,
   ): Promise<PushAnswer>;
   pub(channel: string, key: string | null, data: unknown, done: PushCallback): Promise<PushAnswer>;
-  /** Who subscribes to `channel` now; rejects with a `PushError`-like status (403 without server rights on it). */
+  /** Who subscribes to `channel` now; rejects with an Error whose `status` is the answer (403 without server rights on it). */
   presence(channel: string): Promise<PresenceClient[]>;
 
   on<K extends EventName>(name: K, fn: (detail: EventDetails[K]) => void): Martd;
