@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -135,6 +136,16 @@ def test_package_module_exports_martd_and_finds_its_server(site: ServerThread) -
                   return [m.martd === m.default, m.sub === m.martd.sub, m.martd.config().url];
                 }"""
             )
+            members = page.evaluate("Object.keys(martd)")
+            settings = page.evaluate("Object.keys(martd.config())")
         finally:
             browser.close()
     assert found == [True, True, f"{site.url}/martd"]
+    # Whatever client.js offers is declared for TypeScript.
+    types = (JS / "client.d.mts").read_text()
+    martd_interface = types[types.index("export interface Martd {") :]
+    config_interface = types[types.index("export interface Config {") :]
+    for name in members:
+        assert re.search(rf"\n  (readonly )?{name}[(:?<]", martd_interface), f"martd.{name}"
+    for name in settings:
+        assert re.search(rf"\n  {name}: ", config_interface), f"config {name}"
