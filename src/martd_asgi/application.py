@@ -18,6 +18,7 @@ from typing import Any
 
 from . import logformat, logs, signals
 from .auth import Authority
+from .authhook import AuthHook
 from .backends.base import Backend, make_backend
 from .channels import check_name, parse_push_attributes
 from .config import Settings
@@ -58,6 +59,7 @@ class MartdApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.authority = Authority(settings)
+        self.hook = _auth_hook(settings)
         self.router = Router(
             max_backlog=settings.sub_buffer_messages,
             max_backlog_bytes=settings.sub_buffer_bytes,
@@ -93,6 +95,8 @@ class MartdApp:
             if self.started:
                 return
             await self.backend.start(self.router.deliver)
+            if self.hook is not None:
+                self.hook.start()
             self.router.start(interval=min(0.25, self.settings.ping / 2))
             logs.install("uvicorn.access", "uvicorn.error", "martd")
             logformat.apply(self.settings.log_format)
@@ -113,6 +117,8 @@ class MartdApp:
         self.router.stop()
         await self.metrics.stop()
         await self.backend.aclose()
+        if self.hook is not None:
+            await self.hook.aclose()
         self.started = False
 
     def begin_shutdown(self) -> None:
@@ -151,20 +157,25 @@ class MartdApp:
         self,
         channel: str,
         data: str,
-        size: int = 10,
-        life: int = 3600,
-        one2one: bool = False,
+        size: int | None = None,
+        life: int | None = None,
+        one2one: bool | None = None,
         key: str | None = None,
     ) -> str:
-        """Push as a server, in process; returns the new etag."""
+        """Push as a server, in process; returns the new etag.
+
+        An attribute left out gets its namespace's default, else the global one
+        (``size=10``, ``life=3600``, ``one2one=False``).
+        """
         await self.startup()
         check_name(channel)
-        given = {"size": str(size), "life": str(life), "one2one": str(bool(one2one)).lower()}
+        given = {"size": size, "life": life, "one2one": one2one}
+        query = {name: str(value).lower() for name, value in given.items() if value is not None}
         if key is not None:
-            given["key"] = key
-        result = await self.backend.publish(
-            channel, data, parse_push_attributes(given), server=True
-        )
+            query["key"] = key
+        attrs = parse_push_attributes(query)
+        attrs = self.settings.namespaces.apply(channel, attrs)
+        result = await self.backend.publish(channel, data, attrs, server=True)
         self.counters["published"] += 1
         self.counters["published_bytes"] += len(data.encode())
         return result.etag
@@ -330,7 +341,36 @@ class MartdApp:
             "rejected": {f"{s} {r}": n for (s, r), n in sorted(self.metrics.rejected.items())},
             **self.router.counters,
             "uptime": round(time.time() - self.started_at, 3),
+            **self._namespace_stats(),
+            **self._hook_stats(),
         }
+
+    def _namespace_stats(self) -> dict[str, Any]:
+        namespaces = self.settings.namespaces
+        if not namespaces:
+            return {}
+        names = getattr(self.backend, "channel_names", None)
+        counts = namespaces.counts(self.router.by_channel, names() if names else ())
+        for name, found in counts.items():
+            found["refused"] = self.limits.refused_by_namespace.get(name, 0)
+        return {"namespaces": counts}
+
+    def _hook_stats(self) -> dict[str, Any]:
+        if self.hook is None:
+            return {}
+        return {"auth_hook": {**self.hook.counters, "failed": self.hook.failed}}
+
+
+def _auth_hook(settings: Settings) -> AuthHook | None:
+    url = settings.auth_url
+    if url is None:
+        return None
+    if url.startswith("/"):
+        raise ValueError(
+            f"auth_url (MARTD_AUTH_URL): {url[:100]!r} is a path, which only martd serve"
+            " --upstream can resolve; give a full http:// or https:// URL"
+        )
+    return AuthHook(url, timeout=settings.auth_timeout)
 
 
 def _method_not_allowed(allowed: str) -> MartdError:
@@ -384,5 +424,9 @@ _default: MartdApp | None = None
 def default_app() -> MartdApp:
     global _default
     if _default is None:
-        _default = create_app()
+        try:
+            _default = create_app()
+        except ValueError as exc:
+            # `uvicorn martd_asgi:app` with a bad setting: one line, no traceback.
+            raise SystemExit(f"martd: {exc}") from None
     return _default

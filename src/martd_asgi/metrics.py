@@ -9,7 +9,8 @@ prometheus_client's shared files once a second, and a scrape of any worker
 answers for all of them.
 
 Labels are bounded sets chosen by the code (a transport, a status and the
-field an error names), never a channel name, key or address.
+field an error names, a configured namespace, an auth hook outcome), never a
+channel name, key, cookie or address.
 """
 
 from __future__ import annotations
@@ -123,6 +124,33 @@ class Metrics:
             ["status", "reason"],
             registry=r,
         )
+        self.namespace_channels = Gauge(
+            "martd_namespace_channels",
+            "Channels of a namespace this process stores or has subscribers for",
+            ["namespace"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.namespace_subscribers = Gauge(
+            "martd_namespace_subscribers",
+            "Subscriptions to a namespace's channels in this process",
+            ["namespace"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.namespace_refused = Counter(
+            "martd_namespace_refused",
+            "Subscriptions refused (429) because a channel reached its namespace's max_subscribers",
+            ["namespace"],
+            registry=r,
+        )
+        self.hook_outcomes = Counter(
+            "martd_auth_hook",
+            "Auth hook answers by outcome: asked (requests sent), granted, refused (401/403),"
+            " failed (503), cached (answered from the cache), joined (shared a request in flight)",
+            ["outcome"],
+            registry=r,
+        )
         app.router.on_deliver = self.on_deliver
 
     # -- hot path: once per message and once per refused request
@@ -180,6 +208,24 @@ class Metrics:
             self.channels.set(backend["channels"])
         if "retained_bytes" in backend:
             self.retained.set(backend["retained_bytes"])
+        self._sync_namespaces()
+        hook = app.hook
+        if hook is not None:
+            for outcome, count in {**hook.counters, "failed": hook.failed}.items():
+                self._advance(self.hook_outcomes.labels(outcome), ("hook", outcome), count)
+
+    def _sync_namespaces(self) -> None:
+        app = self.app
+        namespaces = app.settings.namespaces
+        if not namespaces:
+            return
+        names = getattr(app.backend, "channel_names", None)
+        counts = namespaces.counts(app.router.by_channel, names() if names else ())
+        for name, found in counts.items():
+            self.namespace_channels.labels(name).set(found["channels"])
+            self.namespace_subscribers.labels(name).set(found["subscribers"])
+            refused = app.limits.refused_by_namespace.get(name, 0)
+            self._advance(self.namespace_refused.labels(name), ("namespace", name), refused)
 
     def _advance(self, counter: Any, key: Any, value: float) -> None:
         delta = value - self._synced.get(key, 0)
