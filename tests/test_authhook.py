@@ -187,7 +187,7 @@ async def test_authhook_grants_a_logged_in_user_on_every_transport(
 async def test_authhook_refusals_are_passed_on_on_every_transport(
     site: tuple[Site, ServerThread],
 ) -> None:
-    async with hooked(site) as (hook, client, server):
+    async with hooked(site) as (_hook, client, server):
         assert await statuses(client, server, "user:alice", {}) == every(401)
         assert await statuses(
             client, server, "user:alice", {"cookie": "session=s-banned"}
@@ -235,7 +235,7 @@ async def test_authhook_valid_token_decides_without_asking(site: tuple[Site, Ser
 async def test_authhook_user_is_carried_by_the_subscription(
     site: tuple[Site, ServerThread],
 ) -> None:
-    hook, server = site
+    _hook, server = site
     app = create_app(
         backend="memory",
         allow=ELSEWHERE,
@@ -262,7 +262,7 @@ async def test_authhook_user_is_carried_by_the_subscription(
 async def test_authhook_cross_site_request_does_not_pass_the_cookie(
     site: tuple[Site, ServerThread],
 ) -> None:
-    async with hooked(site) as (hook, client, server):
+    async with hooked(site) as (hook, _client, server):
         other = {"origin": "https://evil.example", "sec-fetch-site": "cross-site"}
         assert await ws_status(server, "/sub/user:alice", ALICE | other) == 401
         assert hook.calls[-1]["cookie"] is None
@@ -507,7 +507,7 @@ async def test_authhook_behind_nginx_gets_the_browsers_cookie(
 
 
 async def test_authhook_client_is_closed_with_the_app(site: tuple[Site, ServerThread]) -> None:
-    hook, server = site
+    _hook, server = site
     app = create_app(backend="memory", private="user:*", auth_url=server.url + "/auth")
     async with app.lifespan():
         assert app.hook is not None and app.hook._client is not None
