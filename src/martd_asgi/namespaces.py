@@ -163,7 +163,7 @@ def parse(value: Any, label: str = "MARTD_NAMESPACES") -> Namespaces:
 
 def _load(text: str, label: str) -> Any:
     stripped = text.strip()
-    if not stripped.startswith("{"):
+    if not stripped.startswith(("{", "[")):
         path = Path(stripped).expanduser()
         try:
             stripped = path.read_text(encoding="utf-8")
