@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from conftest import ServerThread, free_socket, running, sse
+from conftest import ServerThread, free_socket, running, sse, wait_for
 from martd_asgi import create_app
 from martd_asgi.application import MartdApp
 from martd_asgi.authhook import MAX_TTL, parse_answer
@@ -52,6 +54,7 @@ class Site:
         self.calls: list[dict[str, Any]] = []
         self.mode = "ok"
         self.ttl: float | None = None
+        self.held = threading.Event()  # set: answers wait until it is cleared
         self.app = Starlette(routes=[Route("/auth", self.auth, methods=["POST"])])
 
     async def auth(self, request: Request) -> Response:
@@ -62,6 +65,9 @@ class Site:
                 "body": await request.json(),
             }
         )
+        deadline = time.monotonic() + 5
+        while self.held.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         if self.mode == "slow":
             await asyncio.sleep(2.5)  # past martd's auth_timeout
         elif self.mode == "500":
@@ -112,7 +118,12 @@ async def hooked(
     hook, server = site
     with martd(server.url + "/auth", **settings) as m:
         async with httpx.AsyncClient(base_url=m.url, timeout=10) as client:
-            for channel in ("user:alice", "user:bob", "user:carol", "room.1"):  # polls from etag 0 answer at once
+            for channel in (
+                "user:alice",
+                "user:bob",
+                "user:carol",
+                "room.1",
+            ):  # polls from etag 0 answer at once
                 await client.post(f"/pub/{channel}", content="x", headers=AS_SERVER)
             yield hook, client, m
 
@@ -322,7 +333,7 @@ async def test_authhook_unreachable_site_gives_503(site: tuple[Site, ServerThrea
 async def test_authhook_one_call_for_100_subscriptions_with_the_same_cookie(
     site: tuple[Site, ServerThread],
 ) -> None:
-    async with hooked(site, poll_timeout=1) as (hook, client, _):
+    async with hooked(site, poll_timeout=1) as (hook, client, server):
         await client.post("/pub/room.2", content="x", headers=AS_SERVER)
 
         async def subscribe(headers: dict[str, str], channel: str = "user:alice") -> int:
@@ -331,23 +342,31 @@ async def test_authhook_one_call_for_100_subscriptions_with_the_same_cookie(
             )
             return answer.status_code
 
-        # 100 at once: one request to the site, the others wait for its answer.
-        assert await asyncio.gather(*(subscribe(ALICE) for _ in range(100))) == [200] * 100
+        # 100 one after the other: one request to the site, then its answer is kept.
+        assert [await subscribe(ALICE) for _ in range(100)] == [200] * 100
         assert len(hook.calls) == 1
-        # ... and then from the cache, for any channel the grants cover.
+        # 100 at once with a new session: one request, the others wait for its answer.
+        carol = {"cookie": "session=s-alice-7f3a9c; tab=2"}
+        hook.held.set()
+        crowd = asyncio.gather(*(subscribe(carol) for _ in range(100)))
+        await wait_for(lambda: server.app.hook.counters["joined"] == 99)
+        hook.held.clear()
+        assert await crowd == [200] * 100
+        assert len(hook.calls) == 2
+        # ... and the grants cover any channel they name.
         for channel in ("user:alice", "room.1", "room.2"):
             assert await subscribe(ALICE, channel) == 200
         assert await subscribe(ALICE, "user:bob") == 403
-        assert len(hook.calls) == 1
+        assert len(hook.calls) == 2
         # Other credentials are other answers.
         assert await subscribe(BOB, "user:bob") == 200
-        assert len(hook.calls) == 2
+        assert len(hook.calls) == 3
         # A refusal is kept a few seconds, for the channels it was about.
         assert [await subscribe({}) for _ in range(5)] == [401] * 5
-        assert len(hook.calls) == 3
+        assert len(hook.calls) == 4
         stats = (await client.get("/stats", headers=AS_SERVER)).json()["auth_hook"]
-        assert stats["asked"] == 3 and stats["granted"] == 2 and stats["refused"] == 1
-        assert stats["cached"] + stats["joined"] >= 99 + 4 + 4
+        assert stats["asked"] == 4 and stats["granted"] == 3 and stats["refused"] == 1
+        assert stats["cached"] == 99 + 4 + 4 and stats["joined"] == 99
 
 
 async def test_authhook_ttl_zero_is_asked_every_time(site: tuple[Site, ServerThread]) -> None:
@@ -384,6 +403,31 @@ async def test_authhook_grants_let_a_browser_push(site: tuple[Site, ServerThread
         assert (await client.post("/pub/user:bob", content="x", headers=BOB)).status_code == 403
         assert (await client.post("/pub/user:alice", content="x")).status_code == 403
         assert len(hook.calls) == 2  # alice once (cached), bob once; nobody without credentials
+
+
+async def test_authhook_grants_let_a_browser_push_over_its_websocket(
+    site: tuple[Site, ServerThread],
+) -> None:
+    from websockets.asyncio.client import connect
+
+    async with hooked(site) as (_, client, server):
+        async with connect(ws_url(server, "/sub/user:alice"), additional_headers=ALICE) as ws:
+
+            async def frame_of(kind: str) -> dict[str, Any]:
+                async with asyncio.timeout(5):
+                    while True:
+                        frame = json.loads(await ws.recv())
+                        if frame.get("type") == kind:
+                            return dict(frame)
+
+            await ws.send(
+                json.dumps({"type": "pub", "channel": "user:alice", "data": "mine", "id": 1})
+            )
+            assert (await frame_of("ack"))["id"] == 1
+            await ws.send(json.dumps({"type": "pub", "channel": "user:bob", "data": "no", "id": 2}))
+            refused = await frame_of("error")
+            assert refused["id"] == 2 and refused["status"] == 403
+        assert (await client.get("/pub/user:alice", headers=AS_SERVER)).json()["messages"] == 2
 
 
 async def test_authhook_failure_leaves_a_key_holder_push_alone(

@@ -38,6 +38,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 
 from .auth import cross_site
@@ -195,7 +196,7 @@ class AuthHook:
             headers["authorization"] = authorization
         self.counters["asked"] += 1
         try:
-            async with asyncio.timeout(self.timeout):
+            with anyio.fail_after(self.timeout):
                 async with self._client.stream(
                     "POST",
                     self.url,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..authhook import may_publish
-from ..channels import check_name, parse_push_attributes
+from ..channels import PushAttributes, check_name, parse_push_attributes
 from ..errors import Forbidden, MartdError, NotFound
 from .common import Receive, Request, Send, decode_payload, read_body, send_json
 
@@ -19,11 +19,7 @@ async def publish(
     check_name(channel)
     attrs = parse_push_attributes(request.query)
     data = decode_payload(await read_body(receive, request.headers, app.settings.max_payload))
-    server = app.authority.is_server(request.scope, request.headers, request.query, channel)
-    if not server and app.hook is not None:
-        server = await _hook_grants_publish(app, request, channel, attrs.key)
-    if server:
-        attrs = app.settings.namespaces.apply(channel, attrs)
+    server, attrs = await rights(app, request, channel, attrs)
     if not server and attrs.key is None:
         raise Forbidden(
             "key: not a server; pushing needs the channel's key, a server address, "
@@ -36,6 +32,20 @@ async def publish(
     app.counters["published"] += 1
     app.counters["published_bytes"] += len(data.encode()) if not data.isascii() else len(data)
     await send_json(send, 201 if result.created else 200, result.body())
+
+
+async def rights(
+    app: MartdApp, request: Request, channel: str, attrs: PushAttributes
+) -> tuple[bool, PushAttributes]:
+    """Whether the pusher is a server for ``channel`` (by address, the secret, a
+    token or the site's auth hook), and ``attrs`` with the channel's namespace
+    defaults where a server's push omits them."""
+    server = app.authority.is_server(request.scope, request.headers, request.query, channel)
+    if not server and app.hook is not None:
+        server = await _hook_grants_publish(app, request, channel, attrs.key)
+    if server:
+        attrs = app.settings.namespaces.apply(channel, attrs)
+    return server, attrs
 
 
 async def _hook_grants_publish(

@@ -32,6 +32,7 @@ from ..backends.base import Control
 from ..channels import History, Message, check_name, parse_push_attributes
 from ..errors import BadRequest, Forbidden, MartdError, PayloadTooLarge, Unavailable
 from ..subscriber import Subscriber, _uncancel
+from . import publish
 from .common import Receive, Request, Send, Subscription
 from .subscribe import session
 
@@ -131,7 +132,7 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
             name: _text(body[name]) for name in ("size", "life", "one2one", "key") if name in body
         }
         attrs = parse_push_attributes(given)
-        server = app.authority.is_server(request.scope, request.headers, request.query, channel)
+        server, attrs = await publish.rights(app, request, channel, attrs)
         if not server and attrs.key is None:
             raise Forbidden("key: not a server; pushing needs the channel's key", field="key")
         if not server:
