@@ -59,7 +59,7 @@ class MartdApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.authority = Authority(settings)
-        self.hook = _auth_hook(settings)
+        self.hook = AuthHook.from_settings(settings)
         self.router = Router(
             max_backlog=settings.sub_buffer_messages,
             max_backlog_bytes=settings.sub_buffer_bytes,
@@ -341,36 +341,8 @@ class MartdApp:
             "rejected": {f"{s} {r}": n for (s, r), n in sorted(self.metrics.rejected.items())},
             **self.router.counters,
             "uptime": round(time.time() - self.started_at, 3),
-            **self._namespace_stats(),
-            **self._hook_stats(),
+            **self.metrics.namespaces_and_hook(),
         }
-
-    def _namespace_stats(self) -> dict[str, Any]:
-        namespaces = self.settings.namespaces
-        if not namespaces:
-            return {}
-        names = getattr(self.backend, "channel_names", None)
-        counts = namespaces.counts(self.router.by_channel, names() if names else ())
-        for name, found in counts.items():
-            found["refused"] = self.limits.refused_by_namespace.get(name, 0)
-        return {"namespaces": counts}
-
-    def _hook_stats(self) -> dict[str, Any]:
-        if self.hook is None:
-            return {}
-        return {"auth_hook": {**self.hook.counters, "failed": self.hook.failed}}
-
-
-def _auth_hook(settings: Settings) -> AuthHook | None:
-    url = settings.auth_url
-    if url is None:
-        return None
-    if url.startswith("/"):
-        raise ValueError(
-            f"auth_url (MARTD_AUTH_URL): {url[:100]!r} is a path, which only martd serve"
-            " --upstream can resolve; give a full http:// or https:// URL"
-        )
-    return AuthHook(url, timeout=settings.auth_timeout)
 
 
 def _method_not_allowed(allowed: str) -> MartdError:

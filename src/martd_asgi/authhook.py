@@ -47,6 +47,7 @@ from .tokens import Grants, User, patterns
 
 if TYPE_CHECKING:
     from .auth import Authority
+    from .config import Settings
 
 log = logging.getLogger("martd")
 
@@ -82,6 +83,19 @@ class AuthHook:
         self._pending: dict[tuple[bytes, tuple[str, ...]], asyncio.Future[Answer]] = {}
         self.counters = {"asked": 0, "cached": 0, "joined": 0, "granted": 0, "refused": 0}
         self.failed = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AuthHook | None:
+        """The hook ``MARTD_AUTH_URL`` names, if any; a bare path is an error here."""
+        url = settings.auth_url
+        if url is None:
+            return None
+        if url.startswith("/"):
+            raise ValueError(
+                f"auth_url (MARTD_AUTH_URL): {url[:100]!r} is a path, which only martd serve"
+                " --upstream can resolve; give a full http:// or https:// URL"
+            )
+        return cls(url, timeout=settings.auth_timeout)
 
     # -------------------------------------------------------------- lifecycle
 

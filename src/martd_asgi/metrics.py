@@ -218,17 +218,32 @@ class Metrics:
                 self._advance(self.hook_outcomes.labels(outcome), ("hook", outcome), count)
 
     def _sync_namespaces(self) -> None:
-        app = self.app
-        namespaces = app.settings.namespaces
-        if not namespaces:
-            return
-        names = getattr(app.backend, "channel_names", None)
-        counts = namespaces.counts(app.router.by_channel, names() if names else ())
-        for name, found in counts.items():
+        for name, found in self.namespace_counts().items():
             self.namespace_channels.labels(name).set(found["channels"])
             self.namespace_subscribers.labels(name).set(found["subscribers"])
-            refused = app.limits.refused_by_namespace.get(name, 0)
-            self._advance(self.namespace_refused.labels(name), ("namespace", name), refused)
+            key = ("namespace", name)
+            self._advance(self.namespace_refused.labels(name), key, found["refused"])
+
+    def namespace_counts(self) -> dict[str, dict[str, int]]:
+        """Per namespace: channels, subscribers and refused subscriptions in this process."""
+        app = self.app
+        if not app.settings.namespaces:
+            return {}
+        names = getattr(app.backend, "channel_names", None)
+        counts = app.settings.namespaces.counts(app.router.by_channel, names() if names else ())
+        for name, found in counts.items():
+            found["refused"] = app.limits.refused_by_namespace.get(name, 0)
+        return counts
+
+    def namespaces_and_hook(self) -> dict[str, Any]:
+        """The ``namespaces`` and ``auth_hook`` parts of ``/stats``, when configured."""
+        extra: dict[str, Any] = {}
+        if self.app.settings.namespaces:
+            extra["namespaces"] = self.namespace_counts()
+        hook = self.app.hook
+        if hook is not None:
+            extra["auth_hook"] = {**hook.counters, "failed": hook.failed}
+        return extra
 
     def _advance(self, counter: Any, key: Any, value: float) -> None:
         delta = value - self._synced.get(key, 0)
