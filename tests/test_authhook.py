@@ -378,6 +378,39 @@ async def test_authhook_ttl_zero_is_asked_every_time(site: tuple[Site, ServerThr
         assert len(hook.calls) == 3
 
 
+async def test_authhook_answer_is_kept_for_its_ttl(site: tuple[Site, ServerThread]) -> None:
+    async with hooked(site) as (hook, client, _):
+        hook.ttl = 1
+        started = time.monotonic()
+        while len(hook.calls) < 2:
+            answer = await client.get("/sub/user:alice", params={"etag": "0"}, headers=ALICE)
+            assert answer.status_code == 200
+            assert time.monotonic() - started < 5, "the answer was kept past its ttl"
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - started >= 1
+
+
+async def test_authhook_cache_is_bounded(site: tuple[Site, ServerThread]) -> None:
+    from martd_asgi.authhook import AuthHook
+
+    hook, server = site
+    asker = AuthHook(server.url + "/auth", timeout=2, cache_size=2)
+    try:
+        for cookie in (
+            "session=s-alice-7f3a9c",
+            "session=s-bob-1c2d3e",
+            "session=s-alice-7f3a9c; x=1",
+        ):
+            await asker.grants(cookie, "", ["user:alice"], None)
+        assert len(hook.calls) == 3 and len(asker._grants) == 2
+        await asker.grants("session=s-bob-1c2d3e", "", ["user:bob"], None)  # still kept
+        assert len(hook.calls) == 3
+        await asker.grants("session=s-alice-7f3a9c", "", ["user:alice"], None)  # the oldest went
+        assert len(hook.calls) == 4
+    finally:
+        await asker.aclose()
+
+
 def test_authhook_answer_is_validated_and_ttl_bounded() -> None:
     grants, ttl = parse_answer(b'{"subscribe": ["a.*"], "user": 7, "ttl": 999999}')
     assert grants.may_subscribe("a.b") and not grants.may_publish("a.b") and grants.user == 7
