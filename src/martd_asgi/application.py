@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import logformat, logs, signals
+from . import dashboard, logformat, logs, signals
 from .auth import Authority
 from .authhook import AuthHook
 from .backends.base import Backend, make_backend
@@ -236,9 +236,19 @@ class MartdApp:
             "/stats": self._stats,
             "/metrics": self._metrics,
             "/demo": self._demo,
+            "/dashboard": self._dashboard,
         }
+        if path == "/dashboard/events" and self.settings.dashboard:
+            if method != "GET":
+                raise _method_not_allowed("GET")
+            await dashboard.events(self, request, receive, send)
+            return
         handler = routes.get(path)
-        if handler is None or (path == "/demo" and not self.settings.demo):
+        if (
+            handler is None
+            or (path == "/demo" and not self.settings.demo)
+            or (path == "/dashboard" and not self.settings.dashboard)
+        ):
             raise NotFound(f"path: nothing at {path!r}")
         if method not in ("GET", "HEAD"):
             raise _method_not_allowed("GET")
@@ -302,6 +312,12 @@ class MartdApp:
     async def _demo(self, request: Request, send: Send) -> None:
         await self._static_response(
             request, send, "demo.html", b"text/html; charset=utf-8", b"no-cache"
+        )
+
+    async def _dashboard(self, request: Request, send: Send) -> None:
+        self.require_server(request)
+        await self._static_response(
+            request, send, "dashboard.html", b"text/html; charset=utf-8", b"no-cache"
         )
 
     async def _healthz(self, request: Request, send: Send) -> None:

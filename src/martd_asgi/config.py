@@ -42,6 +42,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     "max_channels": ("MARTD_MAX_CHANNELS", "channels in one subscription"),
     "hold": ("MARTD_HOLD", "seconds a one2one hold outlives its last connection"),
     "demo": ("MARTD_DEMO", "`1` serves `/demo`, `0` does not"),
+    "dashboard": (
+        "MARTD_DASHBOARD",
+        "`1` serves `/dashboard`, a live picture of this process, to servers (like `/stats`);"
+        " `0` does not",
+    ),
     "sub_buffer_messages": (
         "MARTD_SUB_BUFFER_MESSAGES",
         "messages a subscriber may fall behind before it is disconnected",
@@ -130,6 +135,7 @@ class Settings:
     max_channels: int = 64
     hold: float = 30.0
     demo: bool = True
+    dashboard: bool = True
     sub_buffer_messages: int = 1000
     sub_buffer_bytes: int = 4 * 1024 * 1024
     sub_stall: float = 30.0
