@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +26,7 @@ from martd_asgi.logs import redact
 from martd_asgi.router import Router
 from martd_asgi.transports.sse import SSESubscriber
 from opshelpers import uvicorn_process
+from serving import martd_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -271,3 +275,55 @@ async def test_hardening_websocket_frames_always_get_an_answer(server_errors: Er
     print(f"websocket fuzz: {answered} answered, {closed} closed with a reason")
     assert answered and closed
     assert not server_errors.records, [r.getMessage() for r in server_errors.records]
+
+
+# ------------------------------------------------------- WebSocket ping flood
+
+
+def test_hardening_ping_flood_from_a_client_that_never_reads_is_bounded(tmp_path: Path) -> None:
+    """`martd serve` stops reading a client that makes it write more than it reads."""
+    with martd_serve(tmp=tmp_path) as served:
+        pid = served.process.pid
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads
+        sock.connect(("127.0.0.1", served.port))
+        sock.sendall(
+            b"GET /martd/sub/flood HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+        ping = b"\x89\xfd\x00\x00\x00\x00" + b"p" * 125  # masked (with zeros), 125 bytes
+        burst = ping * 512
+        before = rss(pid)
+        sock.setblocking(False)
+        taken = 0
+        left = memoryview(burst)
+        blocked_since: float | None = None
+        stopped = False
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    count = sock.send(left)
+                except BlockingIOError:
+                    blocked_since = blocked_since or time.monotonic()
+                    if time.monotonic() - blocked_since > 1.0:
+                        stopped = True  # the server has stopped reading this client
+                        break
+                    time.sleep(0.005)
+                    continue
+                blocked_since = None
+                taken += count
+                left = left[count:] or memoryview(burst)
+            growth = rss(pid) - before
+        finally:
+            sock.close()
+    print(f"ping flood: {taken / 2**20:.1f} MiB taken in, server grew {growth / 2**20:.1f} MiB")
+    assert stopped, f"still reading after {taken / 2**20:.0f} MiB of pings"
+    assert taken < 32 * 2**20 and growth < 16 * 2**20
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
