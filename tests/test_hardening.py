@@ -59,7 +59,7 @@ async def test_hardening_unsettled_address_is_counted_by_its_peer(
             asyncio.create_task(client.get(f"/sub/p{i}?timeout=1", headers=headers))
             for i in range(2)
         ]
-        await wait_for(lambda: sum(app.limits.by_address.values()) == 2)
+        await wait_for(lambda: len(app.router.by_channel) == 2)  # both polls are waiting
         third = await client.get("/sub/p3?timeout=1", headers=headers)
         assert third.status_code == 429, third.text
         assert third.json()["error"].startswith("connections:")
