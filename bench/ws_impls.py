@@ -16,6 +16,7 @@ it starts ``uvicorn martd_asgi:app --ws IMPL`` and measures, on loopback:
   reads; the server's RSS growth and how many bytes it took in.
 
 Figures vary with the machine and its load; the comparison is what counts.
+``wsproto`` is not a dependency of martd: ``pip install wsproto`` to measure it.
 """
 
 from __future__ import annotations
