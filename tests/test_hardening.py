@@ -102,12 +102,12 @@ async def test_hardening_wrong_keys_are_limited_per_address_and_channel() -> Non
             assert (await server.post(f"/pub/{name}?key=right", content="x")).status_code == 201
         statuses = []
         started = time.monotonic()
-        for attempt in range(200):
+        for attempt in range(40):
             answer = await guesser.post(f"/pub/vault?key=guess{attempt}", content="x")
             statuses.append(answer.status_code)
-        assert time.monotonic() - started < 30
+        refills = int((time.monotonic() - started) * 0.5)  # one more try every 2 s
         assert statuses[:10] == [403] * 10
-        assert set(statuses[10:]) == {429}
+        assert statuses.count(403) <= 10 + refills and statuses[-1] == 429
         refused = await guesser.post("/pub/vault?key=right", content="x")
         assert refused.status_code == 429  # even the right key: guessing stops here
         assert refused.json()["error"].startswith("key:")
