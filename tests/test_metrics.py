@@ -119,7 +119,11 @@ def test_metrics_multiprocess_mode_sums_workers(tmp_path: Path) -> None:
         assert server.proc is not None
         workers = children(server.proc.pid)
         assert len(workers) >= 2  # the workers (and a resource tracker, if any)
-    # every process the test started has ended, the supervisor's workers too
+    # every process the test started ends, the supervisor's workers too (SIGKILL
+    # takes effect a moment later)
+    deadline = time.monotonic() + 5
+    while [pid for pid in workers if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert [pid for pid in workers if alive(pid)] == []
 
 

@@ -21,7 +21,7 @@ share one origin during development:
   ``502``, one that does not answer in time ``504``, both as martd's JSON errors.
 - WebSocket: the upgrade is made to the upstream first (with the ``websockets``
   library); its refusal is passed back as it was, and once both sides are open
-  frames are relayed both ways and close codes passed on.
+  frames are relayed both ways and close codes passed on (``proxy_websocket``).
 
 The ``httpx.AsyncClient`` is injected (``client=``); without one, a client with
 no timeout on reading bodies and a jar that refuses every cookie is made and
@@ -39,6 +39,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
+from .proxy_websocket import relay_websocket, site_connection
 from .transports.common import Receive, Scope, Send, json_bytes
 
 log = logging.getLogger("martd.proxy")
@@ -273,7 +274,7 @@ class Proxy:
             upstream = await connect(
                 url,
                 additional_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
-                create_connection=_site_connection(any(k.lower() == b"host" for k, _ in headers)),
+                create_connection=site_connection(any(k.lower() == b"host" for k, _ in headers)),
                 subprotocols=scope.get("subprotocols") or None,
                 user_agent_header=None,
                 proxy=None,
@@ -322,30 +323,9 @@ class Proxy:
             {"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": cookies}
         )
         try:
-            await _relay_websocket(upstream, receive, send)
+            await relay_websocket(upstream, receive, send)
         finally:
             await upstream.close()
-
-
-def _site_connection(browser_host: bool) -> Any:
-    """The websockets client connection, sending the browser's ``Host`` (when it sent
-    one) instead of its own."""
-    from websockets.asyncio.client import ClientConnection
-
-    class SiteConnection(ClientConnection):
-        async def handshake(self, *args: Any, **kwargs: Any) -> None:
-            made = self.protocol.connect
-
-            def connect() -> Any:
-                request = made()
-                if browser_host:  # it comes with the other headers
-                    del request.headers["Host"]
-                return request
-
-            self.protocol.connect = connect  # type: ignore[method-assign]
-            await super().handshake(*args, **kwargs)
-
-    return SiteConnection
 
 
 async def _cancel_on_disconnect(
@@ -355,62 +335,6 @@ async def _cancel_on_disconnect(
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()
-
-
-def _sendable(code: int | None) -> int:
-    # 1005 (no code) and 1006 (connection lost) are never sent in a close frame.
-    if code is None or code == 1005:
-        return 1000
-    if code == 1006:
-        return 1011
-    return code
-
-
-async def _relay_websocket(upstream: Any, receive: Receive, send: Send) -> None:
-    from websockets.exceptions import ConnectionClosed
-
-    async with anyio.create_task_group() as group:
-
-        async def from_browser() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "websocket.receive":
-                    text = message.get("text")
-                    try:
-                        await upstream.send(
-                            text if text is not None else message.get("bytes") or b""
-                        )
-                    except ConnectionClosed:
-                        return
-                elif message["type"] == "websocket.disconnect":
-                    try:
-                        await upstream.close(code=_sendable(message.get("code")))
-                    except (ValueError, ConnectionClosed):
-                        await upstream.close()
-                    group.cancel_scope.cancel()
-                    return
-
-        async def from_upstream() -> None:
-            try:
-                async for data in upstream:
-                    key = "text" if isinstance(data, str) else "bytes"
-                    await send({"type": "websocket.send", key: data})
-            except ConnectionClosed:
-                pass
-            except OSError:  # the browser went away
-                group.cancel_scope.cancel()
-                return
-            rcvd = upstream.protocol.close_rcvd
-            code = _sendable(rcvd.code if rcvd else 1006)
-            reason = rcvd.reason if rcvd else ""
-            try:
-                await send({"type": "websocket.close", "code": code, "reason": reason})
-            except (OSError, RuntimeError):
-                pass
-            group.cancel_scope.cancel()
-
-        group.start_soon(from_browser)
-        group.start_soon(from_upstream)
 
 
 class ProxyMiddleware:
