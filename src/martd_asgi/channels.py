@@ -215,6 +215,14 @@ class Message:
     def empty(self) -> bool:
         return self.data == ""
 
+    @property
+    def size(self) -> int:
+        """The payload's length in UTF-8 bytes: what limits on memory count."""
+        data = self.data
+        if data.isascii():
+            return len(data)
+        return self.memo("size", _utf8_size)  # type: ignore[no-any-return]
+
     def encoded(self, kind: str) -> Any:
         """This message encoded for a transport (``sse``, ``sse_data``, ``ws``), made once."""
         try:
@@ -242,6 +250,10 @@ class Message:
 
     def __repr__(self) -> str:
         return f"Message({self.channel!r}, {self.etag!r}, {len(self.data)} chars)"
+
+
+def _utf8_size(msg: Message) -> int:
+    return len(msg.data.encode("utf-8", "surrogatepass"))
 
 
 def sse_data_lines(data: str) -> bytes:

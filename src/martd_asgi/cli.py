@@ -97,6 +97,7 @@ def build_config(
     """The uvicorn ``Config`` that ``martd serve`` runs (see ``martd serve --help``)."""
     import uvicorn
 
+    from . import protocols
     from .config import Settings
     from .proxy import check_prefix
 
@@ -149,6 +150,9 @@ def build_config(
         "proxy_headers": False,
         # The site's own streams may never end; martd ends its own on shutdown.
         "timeout_graceful_shutdown": 5,
+        # Chosen, not left to what is installed: see martd_asgi.protocols.
+        "http": protocols.HTTP,
+        "ws": protocols.WEBSOCKET,
     }
     if workers > 1:
         # Workers import the app by name, so hand them its options by environment.

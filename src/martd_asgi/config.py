@@ -86,6 +86,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         "MARTD_MAX_CONNECTIONS_PER_ADDRESS",
         "open subscriptions from one client address; servers are exempt (`0`: no limit)",
     ),
+    "max_channels_per_address": (
+        "MARTD_MAX_CHANNELS_PER_ADDRESS",
+        "channels one client address may be subscribed to at once, each counted once however"
+        " many of its subscriptions name it; servers are exempt (`0`: no limit)",
+    ),
     "push_rate": (
         "MARTD_PUSH_RATE",
         "pushes per second for one key-holder on one channel (`0`: no limit)",
@@ -146,6 +151,7 @@ class Settings:
     max_channels_total: int = 100_000
     max_subscribers: int = 0
     max_connections_per_address: int = 1000
+    max_channels_per_address: int = 1000
     push_rate: float = 20.0
     push_burst: int = 40
     max_retained_bytes: int = 256 * 1024 * 1024
@@ -175,6 +181,7 @@ class Settings:
             ("max_channels_total", 0),
             ("max_subscribers", 0),
             ("max_connections_per_address", 0),
+            ("max_channels_per_address", 0),
             ("push_rate", 0),
             ("push_burst", 1),
             ("max_retained_bytes", 0),

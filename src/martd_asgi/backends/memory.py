@@ -36,7 +36,7 @@ MESSAGE_OVERHEAD = 200
 
 
 def message_cost(msg: Message) -> int:
-    return len(msg.data) + MESSAGE_OVERHEAD
+    return msg.size + MESSAGE_OVERHEAD
 
 
 class _Channel:

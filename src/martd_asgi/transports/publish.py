@@ -28,7 +28,8 @@ async def publish(
         )
     if not server:
         app.limits.check_push(channel, attrs.key)
-    result = await app.backend.publish(channel, data, attrs, server=server)
+    with app.limits.key_attempt(request.scope, request.headers, channel, server):
+        result = await app.backend.publish(channel, data, attrs, server=server)
     app.counters["published"] += 1
     app.counters["published_bytes"] += len(data.encode()) if not data.isascii() else len(data)
     await send_json(send, 201 if result.created else 200, result.answer(data))

@@ -17,15 +17,17 @@ pushes exactly like ``POST /pub/C?key=K`` by the same client (``size``,
 
 Close codes: 1000 when the client leaves, 1012 on shutdown, 4409 after
 ``kicked`` and 4410 after ``deleted`` (the control frame comes first, so the
-close code is only a second way to learn it), 1008 for frames that are not
-JSON objects. A subscriber that does not keep up is dropped without a close
-frame (its socket is full); like every other, it resumes by etag.
+close code is only a second way to learn it), 1008 (with the reason) for
+frames that are not JSON objects in UTF-8. A subscriber that does not keep up
+is dropped without a close frame (its socket is full); like every other, it
+resumes by etag.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Control
@@ -138,7 +140,8 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
         if not server:
             app.limits.check_push(channel, attrs.key)
         try:
-            result = await app.backend.publish(channel, data, attrs, server=server)
+            with app.limits.key_attempt(request.scope, request.headers, channel, server):
+                result = await app.backend.publish(channel, data, attrs, server=server)
         except MartdError:
             raise
         except Exception:
@@ -150,6 +153,36 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
     app.counters["published"] += 1
     app.counters["published_bytes"] += len(data.encode())
     return frame({"type": "ack", "id": ident, **result.answer(data)})
+
+
+def read_frame(message: Mapping[str, Any]) -> dict[str, Any] | str:
+    """The client's frame as a JSON object, or the reason to close on it."""
+    text = message.get("text")
+    if text is None:
+        try:
+            text = (message.get("bytes") or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return "frames are JSON objects in UTF-8"
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        return "frame: nested too deeply"
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return "frames are JSON objects"
+    return body
+
+
+def _unsendable(value: Any) -> str | None:
+    """Why ``value`` could not go back in a frame (JSON escapes can make lone surrogates)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return "frame: a string holds a lone surrogate; send valid Unicode"
+    except (RecursionError, ValueError):
+        return "frame: nested too deeply"
+    return None
 
 
 def _text(value: Any) -> str:
@@ -170,12 +203,15 @@ async def listen(
                 break
             if kind != "websocket.receive" or sub.closed:
                 continue
-            try:
-                body = json.loads(message.get("text") or message.get("bytes") or b"")
-            except ValueError:
-                body = None
-            if not isinstance(body, dict):
-                sub.finish([close(POLICY, "frames are JSON objects")])
+            body = read_frame(message)
+            if isinstance(body, str):
+                sub.finish([close(POLICY, body)])
+                continue
+            problem = _unsendable(body)
+            if problem is not None:
+                ident = body.get("id") if _unsendable(body.get("id")) is None else None
+                error = BadRequest(problem)
+                sub.reply(frame({"type": "error", "id": ident, **error.body(), "status": 400}))
                 continue
             what = body.get("type")
             if what == "pub":
