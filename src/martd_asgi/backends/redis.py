@@ -45,6 +45,8 @@ from ..channels import (
     hash_key,
 )
 from ..errors import Conflict, Forbidden, Unavailable
+from ..idempotency import CAP as IDEMPOTENCY_CAP
+from ..idempotency import Idempotency, reused
 from ..logs import redact
 from . import redis_lua
 from .base import ChannelInfo, Deliver, PublishResult
@@ -158,9 +160,9 @@ class RedisBackend:
     # ---------------------------------------------------------------- keys
 
     def _keys(self, channel: str) -> list[str]:
-        """All keys of a channel: h s id n o (PUBLISH's KEYS)."""
+        """All keys of a channel: h s id n o i ix (PUBLISH's KEYS)."""
         base = f"{self._prefix}:{{{channel}}}:"
-        return [base + "h", base + "s", base + "id", base + "n", base + "o"]
+        return [base + k for k in ("h", "s", "id", "n", "o", "i", "ix")]
 
     def _keys_hsno(self, channel: str) -> list[str]:
         """h s n o: the KEYS of ATTACH, DETACH, DELETE and REFRESH (no id)."""
@@ -256,7 +258,15 @@ class RedisBackend:
     # ------------------------------------------------------------------ pushes
 
     async def publish(
-        self, channel: str, data: str, attrs: PushAttributes, *, server: bool
+        self,
+        channel: str,
+        data: str,
+        attrs: PushAttributes,
+        *,
+        server: bool,
+        event: str | None = None,
+        content_type: str | None = None,
+        idempotency: Idempotency | None = None,
     ) -> PublishResult:
         resolved = attrs.resolved()
 
@@ -277,10 +287,24 @@ class RedisBackend:
             given(attrs.one2one),
             self._lease_ms,
             self._id_ttl_ms,
+            event or "",
+            content_type or "",
+            *_idempotency_args(idempotency),
         ]
         reply = await self._call(self._publish, self._keys(channel), args)
+        if reply[0] == "replay":
+            return PublishResult(
+                channel=channel,
+                etag=reply[1],
+                subscribers=int(reply[2]),
+                messages=int(reply[3]),
+                created=bool(reply[4]),
+                replayed=True,
+            )
         if reply[0] == "err":
             reason = reply[1]
+            if reason == "idempotency" and idempotency is not None:
+                raise reused(idempotency.key)
             if reason in FORBIDDEN:
                 message, field = FORBIDDEN[reason]
                 raise Forbidden(message, field=field)
@@ -315,9 +339,8 @@ class RedisBackend:
         )
 
     async def delete(self, channel: str) -> bool:
-        reply = await self._call(
-            self._delete, self._keys_hsno(channel), [self._fanout.events, channel]
-        )
+        keys = [*self._keys_hsno(channel), *self._keys(channel)[5:]]
+        reply = await self._call(self._delete, keys, [self._fanout.events, channel])
         return bool(reply)
 
     # ------------------------------------------------------------- subscribers
@@ -336,7 +359,9 @@ class RedisBackend:
             data = _field(fields, "d")
             mkey = etag_key(ident)
             if data and mkey is not None:
-                live.append(Message(channel, mkey, data, int(_field(fields, "x") or 0) / 1000))
+                expires = int(_field(fields, "x") or 0) / 1000
+                event, ctype = _field(fields, "e") or None, _field(fields, "t") or None
+                live.append(Message(channel, mkey, data, expires, event=event, type=ctype))
         if after is None:
             return History([], missed=False, last_etag=last_etag, exists=True)
         if after == "0":
@@ -450,6 +475,12 @@ def _brief(exc: BaseException) -> str:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _idempotency_args(idem: Idempotency | None) -> list[Any]:
+    if idem is None:
+        return ["", "", 0, IDEMPOTENCY_CAP]
+    return [idem.key, idem.fingerprint, max(1, int(idem.ttl * 1000)), IDEMPOTENCY_CAP]
 
 
 def _arg(value: Any) -> str:

@@ -8,10 +8,13 @@ slot. Times are Redis's own clock (``TIME``), the same for every process.
 Keys of a channel (see docs/scaling.md):
 
     h   hash    size life one2one key(sha256) first last dropped droppedl nx mx lx fifo
-    s   stream  one entry per message: x (expiry, ms since the epoch), d (data)
+    s   stream  one entry per message: x (expiry, ms since the epoch), d (data),
+                then e (event name) and t (type) when the push gave them
     id  string  the newest id given out; outlives the channel so ids never repeat
     n   hash    node -> "connections lease-expiry": subscribers per process
     o   hash    cid -> "arrival expiry" (one2one holds and their order), "#" -> counter
+    i   hash    Idempotency-Key -> "fingerprint etag subscribers messages created"
+    ix  zset    Idempotency-Key -> expiry (ms); i and ix expire with their newest record
 """
 
 from __future__ import annotations
@@ -154,9 +157,11 @@ local function touch_hold(o, cid, now, lease, keep_ms)
 end
 """
 
-# KEYS h s id n o; ARGV events channel data server size life one2one keyhash
+# KEYS h s id n o i ix; ARGV events channel data server size life one2one keyhash
 #   given_size given_life given_one2one lease_ms id_ttl_ms
-# -> {'ok', etag, subscribers, messages, created, kicked, keep}  or  {'err', reason}
+#   event type idem_key idem_fingerprint idem_ttl_ms idem_cap
+# -> {'ok', etag, subscribers, messages, created}  or  {'err', reason}
+#    or {'replay', etag, subscribers, messages, created} (the answer to an earlier push)
 PUBLISH = r"""
 local h, s, idk, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local events, channel, data = ARGV[1], ARGV[2], ARGV[3]
@@ -172,6 +177,24 @@ if exists then
 end
 local cur_key = cur[4]
 if cur_key and cur_key ~= keyhash then return {'err', 'key'} end
+
+-- Idempotency-Key (v1.1): a repeated push stores nothing and gets the first answer.
+local ik, ix, ikey, ifp = KEYS[6], KEYS[7], ARGV[16], ARGV[17]
+if ikey ~= '' then
+  local old = redis.call('ZRANGEBYSCORE', ix, '-inf', now, 'LIMIT', 0, 100)
+  if #old > 0 then
+    redis.call('ZREM', ix, unpack(old))
+    redis.call('HDEL', ik, unpack(old))
+  end
+  local until_ms = tonumber(redis.call('ZSCORE', ix, ikey) or '0')
+  local seen = redis.call('HGET', ik, ikey)
+  if seen and until_ms > now then
+    local f = {}
+    for part in string.gmatch(seen, '%S+') do f[#f + 1] = part end
+    if f[1] ~= ifp then return {'err', 'idempotency'} end
+    return {'replay', f[2], tonumber(f[3]), tonumber(f[4]), tonumber(f[5])}
+  end
+end
 local size, life, one2one
 if not server then
   if not exists then return {'err', 'create'} end
@@ -194,7 +217,12 @@ local fm, fs = parse_id(floor)
 local id
 if now > fm then id = fmt(now) .. '-0' else id = fmt(fm) .. '-' .. fmt(fs + 1) end
 local x = now + tonumber(life) * 1000
-redis.call('XADD', s, id, 'x', fmt(x), 'd', data)
+local ev, ty = ARGV[14], ARGV[15]
+if ev == '' and ty == '' then
+  redis.call('XADD', s, id, 'x', fmt(x), 'd', data)
+else
+  redis.call('XADD', s, id, 'x', fmt(x), 'd', data, 'e', ev, 't', ty)
+end
 redis.call('SET', idk, id, 'PX', ARGV[13])
 
 local dropped = cur[5] or '0-0'
@@ -235,10 +263,28 @@ if switched_on then
   redis.call('PUBLISH', events, 'k' .. channel .. '\n' .. keep)
 end
 if data ~= '' then
-  redis.call('PUBLISH', events, 'm' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. data)
+  if ev == '' and ty == '' then
+    redis.call('PUBLISH', events, 'm' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. data)
+  else
+    redis.call('PUBLISH', events, 'M' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. ev
+      .. '\n' .. ty .. '\n' .. data)
+  end
 end
 local created = 0
 if not exists then created = 1 end
+if ikey ~= '' then
+  local ttl = tonumber(ARGV[18])
+  redis.call('HSET', ik, ikey, ifp .. ' ' .. id .. ' ' .. fmt(subs) .. ' ' .. fmt(len) .. ' '
+    .. fmt(created))
+  redis.call('ZADD', ix, now + ttl, ikey)
+  local over = redis.call('ZCARD', ix) - tonumber(ARGV[19])
+  if over > 0 then
+    local gone = redis.call('ZPOPMIN', ix, over)
+    for i = 1, #gone, 2 do redis.call('HDEL', ik, gone[i]) end
+  end
+  redis.call('PEXPIRE', ik, ttl)
+  redis.call('PEXPIRE', ix, ttl)
+end
 return {'ok', id, subs, len, created}
 """
 
@@ -272,12 +318,12 @@ if not given then return {last, 0, droppedl, redis.call('XRANGE', s, '-', '+')} 
 return {last, 1, droppedl, redis.call('XRANGE', s, '(' .. after, '+')}
 """
 
-# KEYS h s n o; ARGV events channel -> 1 deleted, 0 no such channel
+# KEYS h s n o i ix; ARGV events channel -> 1 deleted, 0 no such channel
 DELETE = r"""
 local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms()
 if not alive(h, s, n, now) then return 0 end
-redis.call('DEL', h, s, o)
+redis.call('DEL', h, s, o, KEYS[5], KEYS[6])
 redis.call('PUBLISH', ARGV[1], 'd' .. ARGV[2])
 return 1
 """
