@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -35,7 +36,10 @@ async def client(server: ServerThread) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def push(
-    client: httpx.AsyncClient, channel: str, data: str, headers: dict[str, str] | None = None,
+    client: httpx.AsyncClient,
+    channel: str,
+    data: str,
+    headers: dict[str, str] | None = None,
     **query: str,
 ) -> str:
     answer = await client.post(f"/pub/{channel}", content=data, params=query, headers=headers)
@@ -64,8 +68,6 @@ async def test_event_and_type_are_kept_in_history_for_long_poll(
 async def test_event_and_type_reach_a_waiting_long_poll_and_jsonp(
     client: httpx.AsyncClient,
 ) -> None:
-    import asyncio
-
     waiting = asyncio.ensure_future(client.get("/sub/m.wait", params={"timeout": "5"}))
     jsonp = asyncio.ensure_future(
         client.get("/sub/m.wait", params={"timeout": "5", "callback": "cb"})
@@ -164,8 +166,6 @@ async def test_a_type_that_is_not_printable_ascii_is_refused_400(
 
 
 async def test_app_publish_sets_event_and_type(server: ServerThread) -> None:
-    import asyncio
-
     app: Any = server.martd  # type: ignore[attr-defined]
     call = app.publish("m.app", "{}", event="ready", content_type="application/json")
     # in the server's loop, where its backend's connections live
@@ -194,9 +194,7 @@ async def test_python_client_sends_event_and_content_type(server: ServerThread) 
 
 
 @pytest.mark.parametrize("transport", ["sse", "longpoll"])
-def test_subscription_deliveries_carry_event_and_type(
-    server: ServerThread, transport: Any
-) -> None:
+def test_subscription_deliveries_carry_event_and_type(server: ServerThread, transport: Any) -> None:
     with Client(server.url) as martd:
         martd.publish("m.sub", "{}", event="tick", content_type="application/json")
         martd.publish("m.sub", "plain")
@@ -238,7 +236,11 @@ async def test_redis_event_and_type_cross_processes_live_and_after_catch_up() ->
             await pusher.publish("m.gap", "plain", PushAttributes(), server=True)
             await wait_for(lambda: len(events) == 3)
             got = [(m.data, m.event, m.type) for m in events if isinstance(m, Message)]
-            assert got == [("caught", "e1", "t/1"), ("live\nline", "e2", "t/2"), ("plain", None, None)]
+            assert got == [
+                ("caught", "e1", "t/1"),
+                ("live\nline", "e2", "t/2"),
+                ("plain", None, None),
+            ]
             await listener.detach("m.gap", "reader")
         finally:
             await listener.aclose()
