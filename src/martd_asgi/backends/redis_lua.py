@@ -181,7 +181,7 @@ if cur_key and cur_key ~= keyhash then return {'err', 'key'} end
 -- Idempotency-Key (v1.1): a repeated push stores nothing and gets the first answer.
 local ik, ix, ikey, ifp = KEYS[6], KEYS[7], ARGV[16], ARGV[17]
 if ikey ~= '' then
-  local old = redis.call('ZRANGEBYSCORE', ix, '-inf', now, 'LIMIT', 0, 100)
+  local old = redis.call('ZRANGEBYSCORE', ix, '-inf', fmt(now), 'LIMIT', 0, 100)
   if #old > 0 then
     redis.call('ZREM', ix, unpack(old))
     redis.call('HDEL', ik, unpack(old))
@@ -276,7 +276,7 @@ if ikey ~= '' then
   local ttl = tonumber(ARGV[18])
   redis.call('HSET', ik, ikey, ifp .. ' ' .. id .. ' ' .. fmt(subs) .. ' ' .. fmt(len) .. ' '
     .. fmt(created))
-  redis.call('ZADD', ix, now + ttl, ikey)
+  redis.call('ZADD', ix, fmt(now + ttl), ikey)
   local over = redis.call('ZCARD', ix) - tonumber(ARGV[19])
   if over > 0 then
     local gone = redis.call('ZPOPMIN', ix, over)
