@@ -160,9 +160,14 @@ class RedisBackend:
     # ---------------------------------------------------------------- keys
 
     def _keys(self, channel: str) -> list[str]:
-        """All keys of a channel: h s id n o i ix (PUBLISH's KEYS)."""
+        """All keys of a channel: h s id n o (PUBLISH's KEYS)."""
         base = f"{self._prefix}:{{{channel}}}:"
-        return [base + k for k in ("h", "s", "id", "n", "o", "i", "ix")]
+        return [base + "h", base + "s", base + "id", base + "n", base + "o"]
+
+    def _idempotency_keys(self, channel: str) -> list[str]:
+        """i ix: the channel's Idempotency-Keys (the last KEYS of PUBLISH and DELETE)."""
+        base = f"{self._prefix}:{{{channel}}}:"
+        return [base + "i", base + "ix"]
 
     def _keys_hsno(self, channel: str) -> list[str]:
         """h s n o: the KEYS of ATTACH, DETACH, DELETE and REFRESH (no id)."""
@@ -287,11 +292,13 @@ class RedisBackend:
             given(attrs.one2one),
             self._lease_ms,
             self._id_ttl_ms,
+            # v1.1, read by the script from the end of ARGV: keep these six last
             event or "",
             content_type or "",
             *_idempotency_args(idempotency),
         ]
-        reply = await self._call(self._publish, self._keys(channel), args)
+        keys = [*self._keys(channel), *self._idempotency_keys(channel)]
+        reply = await self._call(self._publish, keys, args)
         if reply[0] == "replay":
             return PublishResult(
                 channel=channel,
@@ -339,7 +346,7 @@ class RedisBackend:
         )
 
     async def delete(self, channel: str) -> bool:
-        keys = [*self._keys_hsno(channel), *self._keys(channel)[5:]]
+        keys = [*self._keys_hsno(channel), *self._idempotency_keys(channel)]
         reply = await self._call(self._delete, keys, [self._fanout.events, channel])
         return bool(reply)
 

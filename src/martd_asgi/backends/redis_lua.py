@@ -160,6 +160,7 @@ end
 # KEYS h s id n o i ix; ARGV events channel data server size life one2one keyhash
 #   given_size given_life given_one2one lease_ms id_ttl_ms
 #   event type idem_key idem_fingerprint idem_ttl_ms idem_cap
+# (i ix and the six v1.1 arguments are read from the ends of KEYS and ARGV.)
 # -> {'ok', etag, subscribers, messages, created}  or  {'err', reason}
 #    or {'replay', etag, subscribers, messages, created} (the answer to an earlier push)
 PUBLISH = r"""
@@ -178,8 +179,12 @@ end
 local cur_key = cur[4]
 if cur_key and cur_key ~= keyhash then return {'err', 'key'} end
 
--- Idempotency-Key (v1.1): a repeated push stores nothing and gets the first answer.
-local ik, ix, ikey, ifp = KEYS[6], KEYS[7], ARGV[16], ARGV[17]
+-- v1.1: the message's event and type, and its Idempotency-Key: a repeated push
+-- stores nothing and gets the first answer.
+local ik, ix = KEYS[#KEYS - 1], KEYS[#KEYS]
+local v11 = #ARGV - 6
+local ev, ty, ikey, ifp = ARGV[v11 + 1], ARGV[v11 + 2], ARGV[v11 + 3], ARGV[v11 + 4]
+local ittl, icap = tonumber(ARGV[v11 + 5]), tonumber(ARGV[v11 + 6])
 if ikey ~= '' then
   local old = redis.call('ZRANGEBYSCORE', ix, '-inf', fmt(now), 'LIMIT', 0, 100)
   if #old > 0 then
@@ -217,7 +222,6 @@ local fm, fs = parse_id(floor)
 local id
 if now > fm then id = fmt(now) .. '-0' else id = fmt(fm) .. '-' .. fmt(fs + 1) end
 local x = now + tonumber(life) * 1000
-local ev, ty = ARGV[14], ARGV[15]
 if ev == '' and ty == '' then
   redis.call('XADD', s, id, 'x', fmt(x), 'd', data)
 else
@@ -273,17 +277,16 @@ end
 local created = 0
 if not exists then created = 1 end
 if ikey ~= '' then
-  local ttl = tonumber(ARGV[18])
   redis.call('HSET', ik, ikey, ifp .. ' ' .. id .. ' ' .. fmt(subs) .. ' ' .. fmt(len) .. ' '
     .. fmt(created))
-  redis.call('ZADD', ix, fmt(now + ttl), ikey)
-  local over = redis.call('ZCARD', ix) - tonumber(ARGV[19])
+  redis.call('ZADD', ix, fmt(now + ittl), ikey)
+  local over = redis.call('ZCARD', ix) - icap
   if over > 0 then
     local gone = redis.call('ZPOPMIN', ix, over)
     for i = 1, #gone, 2 do redis.call('HDEL', ik, gone[i]) end
   end
-  redis.call('PEXPIRE', ik, ttl)
-  redis.call('PEXPIRE', ix, ttl)
+  redis.call('PEXPIRE', ik, ittl)
+  redis.call('PEXPIRE', ix, ittl)
 end
 return {'ok', id, subs, len, created}
 """
@@ -323,7 +326,7 @@ DELETE = r"""
 local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms()
 if not alive(h, s, n, now) then return 0 end
-redis.call('DEL', h, s, o, KEYS[5], KEYS[6])
+redis.call('DEL', h, s, o, KEYS[#KEYS - 1], KEYS[#KEYS])
 redis.call('PUBLISH', ARGV[1], 'd' .. ARGV[2])
 return 1
 """
