@@ -291,3 +291,16 @@ async def test_redis_identical_pushes_to_two_processes_store_one() -> None:
             for proc in procs:
                 proc.stop()
                 proc.sock.close()
+
+
+async def test_idempotency_ttl_0_checks_keys_but_remembers_none(start: Any) -> None:
+    from martd_asgi.config import Settings
+
+    assert Settings.from_env({"MARTD_IDEMPOTENCY_TTL": "5"}).idempotency_ttl == 5.0
+    with pytest.raises(ValueError, match="idempotency_ttl"):
+        Settings.from_env({"MARTD_IDEMPOTENCY_TTL": "-1"})
+    server = start(idempotency_ttl=0)
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await post(client, "i.off", "x", "k")).status_code == 201
+        assert (await post(client, "i.off", "x", "k")).json()["messages"] == 2
+        assert (await post(client, "i.off", "x", "a b")).status_code == 400
