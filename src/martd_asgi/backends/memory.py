@@ -25,6 +25,7 @@ from ..channels import (
     format_etag,
     hash_key,
     key_matches,
+    key_refusal,
 )
 from ..errors import Conflict, Forbidden, TooManyRequests
 from ..idempotency import Idempotency, IdempotencyTable
@@ -186,7 +187,7 @@ class MemoryBackend:
             and current.key_hash is not None
             and not key_matches(current.key_hash, attrs.key)
         ):
-            raise Forbidden("key: this channel needs its key to push", field="key")
+            raise Forbidden(key_refusal(attrs.key), field="key")
         if idempotency is not None:
             answered = self.idempotency.answer(channel, idempotency, now)
             if answered is not None:
@@ -394,3 +395,4 @@ class MemoryBackend:
             "retained_bytes": self.retained_bytes,
             "evicted": self.evicted,
         }
+

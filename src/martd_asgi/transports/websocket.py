@@ -176,7 +176,7 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
     if not result.replayed:
         app.counters["published"] += 1
         app.counters["published_bytes"] += len(data.encode())
-    return frame({"type": "ack", "id": ident, **result.body()})
+    return frame({"type": "ack", "id": ident, **result.answer(data)})
 
 
 def _text(value: Any) -> str:
