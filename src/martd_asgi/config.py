@@ -101,6 +101,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         " (`0`: no limit)",
     ),
     "log_format": ("MARTD_LOG_FORMAT", "`text`, or `json` for one JSON object per log line"),
+    "idempotency_ttl": (
+        "MARTD_IDEMPOTENCY_TTL",
+        "seconds an `Idempotency-Key` is remembered per channel (`0`: keys are checked, not"
+        " remembered)",
+    ),
 }
 
 
@@ -138,6 +143,7 @@ class Settings:
     push_burst: int = 40
     max_retained_bytes: int = 256 * 1024 * 1024
     log_format: str = "text"
+    idempotency_ttl: float = 600.0
 
     @property
     def signing_secret(self) -> str | None:
@@ -164,6 +170,7 @@ class Settings:
             ("push_rate", 0),
             ("push_burst", 1),
             ("max_retained_bytes", 0),
+            ("idempotency_ttl", 0),
         ):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} ({FIELDS[name][0]}): must be at least {low}")
