@@ -69,6 +69,25 @@ def test_cli_pub_then_sub_from_etag_0_prints_the_message(served: Served) -> None
     }
 
 
+def test_cli_pub_event_and_type_then_sub_json_shows_them(served: Served) -> None:
+    args = ["--event", "update", "--type", "application/json", "--url", served.url]
+    pushed = run_martd("pub", "cli.typed", '{"n":1}', *args)
+    assert pushed.returncode == 0, pushed.stderr
+    etag = json.loads(pushed.stdout)["etag"]
+    for transport in ("longpoll", "sse"):
+        got = run_martd(
+            "sub", "cli.typed", "--etag", "0", "--count", "1", "--json",
+            "--transport", transport, "--url", served.url,
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        line = json.loads(got.stdout)
+        assert (line["etag"], line["data"], line["event"]) == (etag, '{"n":1}', "update")
+        if transport == "longpoll":  # plain SSE carries the event name only
+            assert line["type"] == "application/json"
+    bad = one_line_error(run_martd("pub", "cli.typed", "x", "--event", "a b", "--url", served.url))
+    assert bad.startswith("martd: 400: event")
+
+
 def test_cli_sub_takes_one_etag_place_per_channel_in_their_order(served: Served) -> None:
     def pub(channel: str, data: str) -> str:
         pushed = run_martd("pub", channel, data, "--url", served.url)

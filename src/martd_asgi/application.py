@@ -20,7 +20,7 @@ from . import dashboard, logformat, logs, signals
 from .auth import Authority
 from .authhook import AuthHook
 from .backends.base import Backend, make_backend
-from .channels import check_name, parse_push_attributes
+from .channels import check_event, check_name, message_type, parse_push_attributes
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import Forbidden, MartdError, MethodNotAllowed, NotFound
@@ -165,11 +165,16 @@ class MartdApp:
         life: int | None = None,
         one2one: bool | None = None,
         key: str | None = None,
+        *,
+        event: str | None = None,
+        content_type: str | None = None,
     ) -> str:
         """Push as a server, in process; returns the new etag.
 
         An attribute left out gets its namespace's default, else the global one
-        (``size=10``, ``life=3600``, ``one2one=False``).
+        (``size=10``, ``life=3600``, ``one2one=False``). ``event`` names the
+        message's event and ``content_type`` becomes its ``type``, as ``?event=``
+        and the Content-Type header of ``POST /pub`` do.
         """
         await self.startup()
         check_name(channel)
@@ -177,9 +182,15 @@ class MartdApp:
         query = {name: str(value).lower() for name, value in given.items() if value is not None}
         if key is not None:
             query["key"] = key
-        attrs = parse_push_attributes(query)
-        attrs = self.settings.namespaces.apply(channel, attrs)
-        result = await self.backend.publish(channel, data, attrs, server=True)
+        attrs = self.settings.namespaces.apply(channel, parse_push_attributes(query))
+        result = await self.backend.publish(
+            channel,
+            data,
+            attrs,
+            server=True,
+            event=None if event is None else check_event(event),
+            content_type=message_type(content_type),
+        )
         self.counters["published"] += 1
         self.counters["published_bytes"] += len(data.encode())
         return result.etag

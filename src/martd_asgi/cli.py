@@ -8,7 +8,6 @@ non-zero status (2 for bad usage, 1 otherwise, 130 for Ctrl-C), never a tracebac
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import os
@@ -411,6 +410,12 @@ def _where_is_martd(url: str) -> str:
 @click.option("--life", type=int, help="Seconds a message is kept (default 3600).")
 @click.option("--one2one/--no-one2one", default=None, help="At most one subscriber.")
 @click.option("--key", help="The channel's key (needed by non-servers, and on keyed channels).")
+@click.option("--event", help="The message's event name (SSE `event:`), [A-Za-z0-9_.:-]{1,64}.")
+@click.option("--type", "content_type", help="The message's type, sent as its Content-Type.")
+@click.option(
+    "--idempotency-key",
+    help="Answer a repeat of this push (same key, same push) without storing it again.",
+)
 @click.option("--secret", envvar="MARTD_SECRET", help="The server secret. [env MARTD_SECRET]")
 @click.option(
     "--token", envvar="MARTD_TOKEN", help="A token that grants publish. [env MARTD_TOKEN]"
@@ -423,6 +428,9 @@ def pub_command(
     life: int | None,
     one2one: bool | None,
     key: str | None,
+    event: str | None,
+    content_type: str | None,
+    idempotency_key: str | None,
     secret: str | None,
     token: str | None,
 ) -> None:
@@ -448,7 +456,15 @@ def pub_command(
     try:
         with Client(url, secret=secret or None, token=token or None) as client:
             result = client.publish(
-                channel, payload, size=size, life=life, one2one=one2one, key=key
+                channel,
+                payload,
+                size=size,
+                life=life,
+                one2one=one2one,
+                key=key,
+                event=event,
+                content_type=content_type,
+                idempotency_key=idempotency_key,
             )
     except ValueError as exc:
         raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--url") from None
@@ -471,7 +487,8 @@ def pub_command(
     "--json",
     "as_json",
     is_flag=True,
-    help='One JSON line per message: {"channel", "etag", "data"}.',
+    help='One JSON line per message: {"channel", "etag", "data"}, and "event" and "type"'
+    " when the message has them.",
 )
 @click.option(
     "--transport", type=click.Choice(["sse", "longpoll"]), default="sse", show_default=True
@@ -532,7 +549,7 @@ def sub_command(
     try:
         for delivery in subscription:
             if as_json:
-                line = json.dumps(dataclasses.asdict(delivery), ensure_ascii=False)
+                line = json.dumps(delivery.as_json(), ensure_ascii=False)
             elif len(names) > 1:
                 line = f"{delivery.channel}: {delivery.data}"
             else:

@@ -119,6 +119,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         " that path on `martd serve --upstream`)",
     ),
     "auth_timeout": ("MARTD_AUTH_TIMEOUT", "seconds martd waits for the auth hook (then `503`)"),
+    "idempotency_ttl": (
+        "MARTD_IDEMPOTENCY_TTL",
+        "seconds an `Idempotency-Key` is remembered per channel (`0`: keys are checked, not"
+        " remembered)",
+    ),
 }
 
 
@@ -159,6 +164,7 @@ class Settings:
     namespaces: Namespaces = EMPTY
     auth_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
     auth_timeout: float = 5.0
+    idempotency_ttl: float = 600.0
 
     @property
     def signing_secret(self) -> str | None:
@@ -186,6 +192,7 @@ class Settings:
             ("push_burst", 1),
             ("max_retained_bytes", 0),
             ("auth_timeout", 0.05),
+            ("idempotency_ttl", 0),
         ):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} ({FIELDS[name][0]}): must be at least {low}")

@@ -13,7 +13,11 @@ Server to client, text frames of JSON:
 
 Client to server: ``{"type": "pub", "channel": C, "data": D, "key": K, "id": N}``
 pushes exactly like ``POST /pub/C?key=K`` by the same client (``size``,
-``life``, ``one2one`` may be given as in the query string); ``{"type": "ping"}``.
+``life``, ``one2one`` and ``event`` may be given as in the query string,
+``content_type`` as the Content-Type header and ``idempotency_key`` as the
+Idempotency-Key header); ``{"type": "ping"}``.
+
+A message frame carries ``"event"`` and ``"type"`` too when its push gave them.
 
 Close codes: 1000 when the client leaves, 1012 on shutdown, 4409 after
 ``kicked`` and 4410 after ``deleted`` (the control frame comes first, so the
@@ -30,8 +34,16 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .. import idempotency
 from ..backends.base import Control
-from ..channels import History, Message, check_name, parse_push_attributes
+from ..channels import (
+    History,
+    Message,
+    check_event,
+    check_name,
+    message_type,
+    parse_push_attributes,
+)
 from ..errors import BadRequest, Forbidden, MartdError, PayloadTooLarge, Unavailable
 from ..subscriber import Subscriber, _uncancel
 from . import publish
@@ -134,6 +146,13 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
             name: _text(body[name]) for name in ("size", "life", "one2one", "key") if name in body
         }
         attrs = parse_push_attributes(given)
+        event = check_event(_text(body["event"])) if "event" in body else None
+        content_type = message_type(_text(body["content_type"])) if "content_type" in body else None
+        idem_key = None
+        if "idempotency_key" in body:
+            idem_key = idempotency.check_key(_text(body["idempotency_key"]))
+        ttl = app.settings.idempotency_ttl
+        idem = idempotency.make(idem_key, data, attrs, event, content_type, ttl)
         server, attrs = await publish.rights(app, request, channel, attrs)
         if not server and attrs.key is None:
             raise Forbidden("key: not a server; pushing needs the channel's key", field="key")
@@ -141,7 +160,15 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
             app.limits.check_push(channel, attrs.key)
         try:
             with app.limits.key_attempt(request.scope, request.headers, channel, server):
-                result = await app.backend.publish(channel, data, attrs, server=server)
+                result = await app.backend.publish(
+                    channel,
+                    data,
+                    attrs,
+                    server=server,
+                    event=event,
+                    content_type=content_type,
+                    idempotency=idem,
+                )
         except MartdError:
             raise
         except Exception:
@@ -150,8 +177,9 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
     except MartdError as error:
         app.metrics.refused(error)
         return frame({"type": "error", "id": ident, **error.body(), "status": error.status})
-    app.counters["published"] += 1
-    app.counters["published_bytes"] += len(data.encode())
+    if not result.replayed:
+        app.counters["published"] += 1
+        app.counters["published_bytes"] += len(data.encode())
     return frame({"type": "ack", "id": ident, **result.answer(data)})
 
 
