@@ -57,12 +57,14 @@ def server(impl: str, deflate: bool = True) -> Iterator[tuple[int, int]]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = os.environ | {"MARTD_BACKEND": "memory", "MARTD_GC_TUNE": "0"}
+    log = os.environ.get("WS_BENCH_LOG")
+    command = [sys.executable, "-W", "ignore", "-m", "uvicorn", "martd_asgi:app"]
+    command += ["--port", str(port), "--ws", impl, "--log-level", log or "error"]
+    command += ["--no-access-log", "--ws-ping-interval", "0"]
+    command += ["--ws-per-message-deflate", "true" if deflate else "false"]
     proc = subprocess.Popen(
-        [sys.executable, "-W", "ignore", "-m", "uvicorn", "martd_asgi:app", "--port", str(port),
-         "--ws", impl, "--log-level", os.environ.get("WS_BENCH_LOG", "error"), "--no-access-log", "--ws-ping-interval", "0",
-         "--ws-per-message-deflate", "true" if deflate else "false"],
-        env=env, stdout=subprocess.DEVNULL, stderr=None if os.environ.get("WS_BENCH_LOG") else subprocess.DEVNULL,
-    )  # fmt: skip
+        command, env=env, stdout=subprocess.DEVNULL, stderr=None if log else subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
