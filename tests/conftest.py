@@ -37,6 +37,8 @@ TIMING = {"test_shutdown.py", "test_slow_consumers.py", "test_rolling_restart.py
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The soak takes minutes of one worker: start it first, so it ends with the rest.
+    items.sort(key=lambda item: item.path.name != "test_soak.py")
     for item in items:
         if item.path.name in TIMING:
             item.add_marker(pytest.mark.xdist_group("timing"))

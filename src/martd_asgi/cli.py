@@ -8,7 +8,6 @@ non-zero status (2 for bad usage, 1 otherwise, 130 for Ctrl-C), never a tracebac
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import os
@@ -59,6 +58,10 @@ def build_app(
     from .proxy import ProxyMiddleware, check_prefix
 
     prefix = check_prefix(prefix)
+    hook = settings.get("auth_url") or os.environ.get("MARTD_AUTH_URL") or ""
+    if upstream and hook.startswith("/") and not hook.startswith("//"):
+        # The auth hook is naturally the site itself: a path means "on the upstream".
+        settings["auth_url"] = upstream.rstrip("/") + hook
     martd = create_app(**settings)
     index = f"{prefix}/demo" if martd.settings.demo else None
     return ProxyMiddleware(
@@ -93,6 +96,7 @@ def build_config(
     """The uvicorn ``Config`` that ``martd serve`` runs (see ``martd serve --help``)."""
     import uvicorn
 
+    from . import protocols
     from .config import Settings
     from .proxy import check_prefix
 
@@ -103,9 +107,14 @@ def build_config(
         raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--prefix") from None
     backend = backend or os.environ.get("MARTD_BACKEND") or "memory"
     try:
-        Settings.from_env(backend=backend)
+        checked = Settings.from_env(backend=backend)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if (checked.auth_url or "").startswith("/") and not upstream:
+        raise click.UsageError(
+            f"MARTD_AUTH_URL: {checked.auth_url!r} is a path on the site, which needs --upstream;"
+            " give a full http:// or https:// URL otherwise"
+        )
     if workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
     if workers > 1 and backend == "memory":
@@ -140,6 +149,12 @@ def build_config(
         "proxy_headers": False,
         # The site's own streams may never end; martd ends its own on shutdown.
         "timeout_graceful_shutdown": 5,
+        # Chosen, not left to what is installed: see martd_asgi.protocols.
+        "http": protocols.HTTP,
+        "ws": protocols.WEBSOCKET,
+        # Pushes are small: compressing them costs more than it saves, and the
+        # compression state more than doubled an idle WebSocket's memory.
+        "ws_per_message_deflate": False,
     }
     if workers > 1:
         # Workers import the app by name, so hand them its options by environment.
@@ -150,9 +165,12 @@ def build_config(
             MARTD_UPSTREAM_TIMEOUT=str(upstream_timeout),
         )
         return uvicorn.Config("martd_asgi.cli:_serve_app", factory=True, workers=workers, **options)
-    app = build_app(
-        upstream=upstream, prefix=prefix, upstream_timeout=upstream_timeout, backend=backend
-    )
+    try:
+        app = build_app(
+            upstream=upstream, prefix=prefix, upstream_timeout=upstream_timeout, backend=backend
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     return uvicorn.Config(app, **options)
 
 
@@ -395,6 +413,12 @@ def _where_is_martd(url: str) -> str:
 @click.option("--life", type=int, help="Seconds a message is kept (default 3600).")
 @click.option("--one2one/--no-one2one", default=None, help="At most one subscriber.")
 @click.option("--key", help="The channel's key (needed by non-servers, and on keyed channels).")
+@click.option("--event", help="The message's event name (SSE `event:`), [A-Za-z0-9_.:-]{1,64}.")
+@click.option("--type", "content_type", help="The message's type, sent as its Content-Type.")
+@click.option(
+    "--idempotency-key",
+    help="Answer a repeat of this push (same key, same push) without storing it again.",
+)
 @click.option("--secret", envvar="MARTD_SECRET", help="The server secret. [env MARTD_SECRET]")
 @click.option(
     "--token", envvar="MARTD_TOKEN", help="A token that grants publish. [env MARTD_TOKEN]"
@@ -407,6 +431,9 @@ def pub_command(
     life: int | None,
     one2one: bool | None,
     key: str | None,
+    event: str | None,
+    content_type: str | None,
+    idempotency_key: str | None,
     secret: str | None,
     token: str | None,
 ) -> None:
@@ -432,7 +459,15 @@ def pub_command(
     try:
         with Client(url, secret=secret or None, token=token or None) as client:
             result = client.publish(
-                channel, payload, size=size, life=life, one2one=one2one, key=key
+                channel,
+                payload,
+                size=size,
+                life=life,
+                one2one=one2one,
+                key=key,
+                event=event,
+                content_type=content_type,
+                idempotency_key=idempotency_key,
             )
     except ValueError as exc:
         raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--url") from None
@@ -455,7 +490,8 @@ def pub_command(
     "--json",
     "as_json",
     is_flag=True,
-    help='One JSON line per message: {"channel", "etag", "data"}.',
+    help='One JSON line per message: {"channel", "etag", "data"}, and "event" and "type"'
+    " when the message has them.",
 )
 @click.option(
     "--transport", type=click.Choice(["sse", "longpoll"]), default="sse", show_default=True
@@ -516,7 +552,7 @@ def sub_command(
     try:
         for delivery in subscription:
             if as_json:
-                line = json.dumps(dataclasses.asdict(delivery), ensure_ascii=False)
+                line = json.dumps(delivery.as_json(), ensure_ascii=False)
             elif len(names) > 1:
                 line = f"{delivery.channel}: {delivery.data}"
             else:

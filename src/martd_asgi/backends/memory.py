@@ -11,6 +11,7 @@ import heapq
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from ..channels import (
@@ -28,6 +29,7 @@ from ..channels import (
     key_refusal,
 )
 from ..errors import Conflict, Forbidden, TooManyRequests
+from ..idempotency import Idempotency, IdempotencyTable
 from .base import ChannelInfo, Control, Deliver, PublishResult
 
 # What a retained message costs besides its payload (object, etag, cached frames' headers).
@@ -35,7 +37,7 @@ MESSAGE_OVERHEAD = 200
 
 
 def message_cost(msg: Message) -> int:
-    return len(msg.data) + MESSAGE_OVERHEAD
+    return msg.size + MESSAGE_OVERHEAD
 
 
 class _Channel:
@@ -98,6 +100,7 @@ class MemoryBackend:
         self._subscribers: dict[str, int] = {}
         self._holds: dict[str, _Holds] = {}
         self._expiry: list[tuple[float, str]] = []
+        self.idempotency = IdempotencyTable()
         self._clock = CLOCK
         self._hold = hold
         self._sweep_interval = sweep_interval
@@ -120,6 +123,7 @@ class MemoryBackend:
 
     def _sweep(self) -> None:
         self.expire(time.time())
+        self.idempotency.sweep(time.time())
         now = time.monotonic()
         for name in [n for n, holds in self._holds.items() if holds.holder(now) is None]:
             del self._holds[name]  # every hold on it lapsed
@@ -167,7 +171,15 @@ class MemoryBackend:
     # ------------------------------------------------------------------ pushes
 
     async def publish(
-        self, channel: str, data: str, attrs: PushAttributes, *, server: bool
+        self,
+        channel: str,
+        data: str,
+        attrs: PushAttributes,
+        *,
+        server: bool,
+        event: str | None = None,
+        content_type: str | None = None,
+        idempotency: Idempotency | None = None,
     ) -> PublishResult:
         now = time.time()
         current = self._get(channel)
@@ -177,6 +189,10 @@ class MemoryBackend:
             and not key_matches(current.key_hash, attrs.key)
         ):
             raise Forbidden(key_refusal(attrs.key), field="key")
+        if idempotency is not None:
+            answered = self.idempotency.answer(channel, idempotency, now)
+            if answered is not None:
+                return answered
         if not server:
             if current is None:
                 raise Forbidden("channel: only a server can create a channel", field="channel")
@@ -212,7 +228,7 @@ class MemoryBackend:
         current.attrs = new_attrs
 
         key = self._clock.next(current.last)
-        msg = Message(channel, key, data, now + new_attrs.life)
+        msg = Message(channel, key, data, now + new_attrs.life, event=event, type=content_type)
         if current.first is None:
             current.first = key
         current.last = key
@@ -238,13 +254,16 @@ class MemoryBackend:
             self._deliver(msg)
         if self.max_retained_bytes and self.retained_bytes > self.max_retained_bytes:
             self.evict()
-        return PublishResult(
+        result = PublishResult(
             channel=channel,
             etag=msg.etag,
             subscribers=self._subscribers.get(channel, 0),
             messages=len(queue),
             created=created,
         )
+        if idempotency is not None:
+            self.idempotency.remember(channel, idempotency, result, now)
+        return result
 
     async def info(self, channel: str) -> ChannelInfo | None:
         current = self._get(channel)
@@ -268,6 +287,7 @@ class MemoryBackend:
         self.retained_bytes -= current.bytes
         del self._channels[channel]
         self._holds.pop(channel, None)
+        self.idempotency.forget(channel)
         self._deliver(Control("deleted", channel))
         return True
 
@@ -344,6 +364,9 @@ class MemoryBackend:
 
     def holds_channel(self, name: str) -> bool:
         return name in self._channels
+
+    def channel_names(self) -> Iterable[str]:
+        return self._channels.keys()
 
     def evict(self) -> None:
         """Drop the oldest messages of the largest channels until retained memory is
