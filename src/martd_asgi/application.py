@@ -63,9 +63,11 @@ class MartdApp:
             max_backlog_bytes=settings.sub_buffer_bytes,
             stall=settings.sub_stall,
             ping=settings.ping,
+            presence_rate=settings.presence_rate,
         )
         self.router.sndbuf = settings.sub_sndbuf
-        self.backend: Backend = make_backend(settings.backend, hold=settings.hold)
+        lease = {"lease": settings.lease} if settings.backend != "memory" else {}
+        self.backend: Backend = make_backend(settings.backend, hold=settings.hold, **lease)
         configure_backend(self.backend, settings)
         self.limits = Limits(settings, self.authority, self.router, self.backend)
         self.log = logging.getLogger("martd")
@@ -155,11 +157,14 @@ class MartdApp:
         life: int = 3600,
         one2one: bool = False,
         key: str | None = None,
+        *,
+        presence: bool = False,
     ) -> str:
         """Push as a server, in process; returns the new etag."""
         await self.startup()
         check_name(channel)
         given = {"size": str(size), "life": str(life), "one2one": str(bool(one2one)).lower()}
+        given["presence"] = str(bool(presence)).lower()
         if key is not None:
             given["key"] = key
         result = await self.backend.publish(

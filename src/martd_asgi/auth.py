@@ -276,6 +276,14 @@ class Authority:
             return found.may_subscribe(channel)
         return False
 
+    def user(self, headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+        """Who the request's valid tokens say their bearer is (``sub``), if they do."""
+        try:
+            found = self.token_grants(headers, query)
+        except InvalidToken:
+            return None
+        return None if found is None else found.user
+
     def is_private(self, channel: str) -> bool:
         return any(pattern.matches(channel) for pattern in self.private)
 

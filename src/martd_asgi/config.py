@@ -86,6 +86,16 @@ FIELDS: dict[str, tuple[str, str]] = {
         " (`0`: no limit)",
     ),
     "log_format": ("MARTD_LOG_FORMAT", "`text`, or `json` for one JSON object per log line"),
+    "lease": (
+        "MARTD_LEASE",
+        "Redis backend: seconds a process's subscribers and presence stay counted without"
+        " renewal; a crashed process's clients leave within it",
+    ),
+    "presence_rate": (
+        "MARTD_PRESENCE_RATE",
+        "frames per second that one channel's join/leave events may cost in one process"
+        " (each event costs one frame per subscriber told)",
+    ),
 }
 
 
@@ -120,6 +130,8 @@ class Settings:
     push_burst: int = 40
     max_retained_bytes: int = 256 * 1024 * 1024
     log_format: str = "text"
+    lease: float = 30.0
+    presence_rate: float = 20_000.0
 
     @property
     def signing_secret(self) -> str | None:
@@ -144,6 +156,8 @@ class Settings:
             ("push_rate", 0),
             ("push_burst", 1),
             ("max_retained_bytes", 0),
+            ("lease", 0.3),
+            ("presence_rate", 1),
         ):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} ({FIELDS[name][0]}): must be at least {low}")

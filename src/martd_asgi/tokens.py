@@ -105,6 +105,7 @@ class Grants:
     publish: tuple[Pattern, ...] = ()
     subscribe: tuple[Pattern, ...] = ()
     expires: float | None = None
+    user: str | None = None  # the token's ``sub`` claim: who its bearer is (presence)
 
     def may_publish(self, channel: str) -> bool:
         return any_match(self.publish, channel)
@@ -118,6 +119,7 @@ class Grants:
             self.publish + other.publish,
             self.subscribe + other.subscribe,
             min(ends) if ends else None,
+            self.user if self.user is not None else other.user,
         )
 
 
@@ -211,4 +213,10 @@ def verify_token(secret: str, token: str) -> Grants:
             f"token: the {CLAIM} claim lists something that is not a pattern"
         ) from None
     exp = claims.get("exp")
-    return Grants(publish, subscribe, float(exp) if isinstance(exp, (int, float)) else None)
+    sub = claims.get("sub")
+    return Grants(
+        publish,
+        subscribe,
+        float(exp) if isinstance(exp, (int, float)) else None,
+        sub if isinstance(sub, str) and sub else None,
+    )

@@ -153,6 +153,9 @@ class Subscription:
     cid_given: bool
     callback: str | None = None
     timeout: float = 30.0
+    # v1.1: who the subscriber is, for presence: the ``sub`` claim of its token or the
+    # ``user`` that the auth hook answered; None when neither says.
+    user: str | None = None
 
 
 def _etag_list(raw: str, count: int, source: str) -> list[str | None]:

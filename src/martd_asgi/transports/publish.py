@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..channels import check_name, parse_push_attributes
+from ..channels import check_name, parse_bool, parse_push_attributes
 from ..errors import Forbidden, NotFound
 from .common import Receive, Request, Send, decode_payload, read_body, send_json
 
@@ -36,10 +36,14 @@ async def publish(
 async def info(app: MartdApp, request: Request, channel: str, send: Send) -> None:
     check_name(channel)
     app.require_server(request, channel)
+    listing = parse_bool("presence", request.query.get("presence", "0"))
     found = await app.backend.info(channel)
     if found is None:
         raise NotFound(f"channel: {channel!r} does not exist", channel=channel)
-    await send_json(send, 200, found.body())
+    body = found.body()
+    if listing:
+        body["clients"] = [client.body() for client in await app.backend.clients(channel)]
+    await send_json(send, 200, body)
 
 
 async def delete(app: MartdApp, request: Request, channel: str, send: Send) -> None:
