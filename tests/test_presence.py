@@ -198,7 +198,9 @@ async def test_presence_listing_needs_server_rights_and_a_good_flag(make: Make) 
         refused = await client.get("/pub/room?presence=1")
         assert refused.status_code == 403 and "error" in refused.json()
         granted = mint_token(SECRET, publish=["room"])
-        ok = await client.get("/pub/room?presence=1", headers={"authorization": f"Bearer {granted}"})
+        ok = await client.get(
+            "/pub/room?presence=1", headers={"authorization": f"Bearer {granted}"}
+        )
         assert ok.status_code == 200 and ok.json()["clients"] == []
         bad = await client.get("/pub/room?presence=maybe", headers=server_headers)
         assert bad.status_code == 400 and "presence" in bad.json()["error"]

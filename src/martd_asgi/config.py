@@ -131,7 +131,7 @@ class Settings:
     max_retained_bytes: int = 256 * 1024 * 1024
     log_format: str = "text"
     lease: float = 30.0
-    presence_rate: float = 20_000.0
+    presence_rate: float = 5_000.0
 
     @property
     def signing_secret(self) -> str | None:

@@ -215,7 +215,7 @@ class Feed:
         by_channel: dict[str, dict[Subscriber, None]],
         counters: dict[str, int],
         *,
-        rate: float = 20_000.0,
+        rate: float = 5_000.0,
     ) -> None:
         self.by_channel = by_channel
         self.counters = counters

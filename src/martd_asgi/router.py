@@ -32,7 +32,7 @@ class Router:
         max_backlog_bytes: int = 4 << 20,
         stall: float = 30.0,
         ping: float = 15.0,
-        presence_rate: float = 20_000.0,
+        presence_rate: float = 5_000.0,
     ) -> None:
         self.by_channel: dict[str, dict[Subscriber, None]] = {}
         self.streams: dict[Subscriber, None] = {}
