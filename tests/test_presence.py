@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from conftest import SSE, ServerThread, running, sse, wait_for
+from conftest import SSE, ServerThread, running, sse
 from martd_asgi import create_app
 from martd_asgi.tokens import mint_token
 
@@ -70,14 +70,6 @@ def ws_url(server: ServerThread, path: str) -> str:
 
 def token(user: str, channel: str = "room") -> str:
     return mint_token(SECRET, subscribe=[channel], sub=user)
-
-
-@contextlib.asynccontextmanager
-async def subscribed(
-    client: httpx.AsyncClient, path: str, headers: dict[str, str] | None = None
-) -> AsyncIterator[SSE]:
-    async with sse(client, path, headers) as stream:
-        yield stream
 
 
 async def test_presence_join_and_leave_over_sse(make: Make) -> None:
@@ -239,7 +231,6 @@ async def test_presence_events_reach_only_other_clients(make: Make) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         await create(client, "room")
         async with sse(client, "/sub/room?cid=self") as me:
-            await wait_for(lambda: True)
             await push(client, "room", "first")
             # its own join is not told to itself
             assert (await me.next())["data"] == "first"

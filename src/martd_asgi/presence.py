@@ -201,11 +201,12 @@ class Feed:
     """Tells a process's subscribers of join and leave events, within a budget.
 
     Each event costs one frame per subscriber it goes to. A channel may spend
-    ``rate`` frames a second in this process (a bucket of as many), so a room
-    of 100 can be told of 200 changes a second and a room of 10,000 of 2. A
-    join that finds no budget is not told at all (the listing stays exact); a
-    leave is told only for a client whose join was, and waits for budget in a
-    queue (at most one entry per client) rather than being lost, so that pages
+    ``rate`` frames a second in this process (``MARTD_PRESENCE_RATE``, 5,000 by
+    default; a bucket of as many), so a room of 50 can be told of 100 changes a
+    second and a room of 10,000 of one every two seconds. A join that finds no
+    budget is not told at all (the listing stays exact); a leave is told only
+    for a client whose join was, and waits for budget in a queue (at most one
+    entry per client) rather than being lost, so that pages
     never keep a client that left. A join of a client whose leave is still
     waiting cancels it: it came back.
     """

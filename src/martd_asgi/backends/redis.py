@@ -423,7 +423,11 @@ class RedisBackend:
         await self._presence.present(channel, client)
 
     async def absent(self, channel: str, client: Client, *, keep: bool) -> None:
-        await self._presence.absent(channel, client, keep=keep)
+        self._detaching += 1  # shutdown waits for it, as for a detach
+        try:
+            await self._presence.absent(channel, client, keep=keep)
+        finally:
+            self._detaching -= 1
 
     async def clients(self, channel: str) -> list[Client]:
         return await self._presence.clients(channel)
