@@ -116,9 +116,13 @@ async def test_presence_join_and_leave_over_websocket(make: Make) -> None:
                     "clients"
                 ]
             assert (await frame(watcher))["type"] == "leave"
-            # the watcher is still subscribed: control events did not close it
-            await push(client, "room", "still here")
+            # the watcher is still subscribed: control events did not close it; and a
+            # push over the socket keeps presence on when it says so
+            pub = {"type": "pub", "channel": "room", "data": "still here", "presence": True}
+            await watcher.send(json.dumps(pub | {"id": 1}))
             assert (await frame(watcher))["data"] == "still here"
+            assert (await frame(watcher))["type"] == "ack"
+            assert (await client.get("/pub/room")).json()["presence"] is True
 
 
 async def test_presence_reconnect_within_hold_is_neither_leave_nor_join(make: Make) -> None:

@@ -13,7 +13,7 @@ Server to client, text frames of JSON:
 
 Client to server: ``{"type": "pub", "channel": C, "data": D, "key": K, "id": N}``
 pushes exactly like ``POST /pub/C?key=K`` by the same client (``size``,
-``life``, ``one2one`` may be given as in the query string); ``{"type": "ping"}``.
+``life``, ``one2one``, ``presence`` may be given as in the query string); ``{"type": "ping"}``.
 
 Close codes: 1000 when the client leaves, 1012 on shutdown, 4409 after
 ``kicked`` and 4410 after ``deleted`` (the control frame comes first, so the
@@ -128,7 +128,9 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
         if len(data.encode()) > app.settings.max_payload:
             raise PayloadTooLarge(f"payload: larger than {app.settings.max_payload} bytes")
         given: dict[str, str] = {
-            name: _text(body[name]) for name in ("size", "life", "one2one", "key") if name in body
+            name: _text(body[name])
+            for name in ("size", "life", "one2one", "key", "presence")
+            if name in body
         }
         attrs = parse_push_attributes(given)
         server = app.authority.is_server(request.scope, request.headers, request.query, channel)
