@@ -13,6 +13,9 @@ import httpx
 import pytest
 
 from conftest import SSE, redis_url
+from martd_asgi.backends.redis import RedisBackend
+from martd_asgi.channels import PushAttributes
+from martd_asgi.presence import Client, PresenceEvent
 from serving import martd_serve
 
 pytestmark = pytest.mark.anyio
@@ -95,3 +98,52 @@ async def test_presence_across_processes_including_a_killed_one(tmp_path: Path) 
                     stay.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await stay
+
+
+async def test_presence_redis_keys_expire_with_what_they_hold() -> None:
+    lease, hold = 0.9, 0.3
+    keep_ms = max(lease * 2 / 3, hold) * 1000 + 1000
+    told: list[Any] = []
+    with redis_url() as url:
+        one = RedisBackend(url, lease=lease, hold=hold)
+        quiet = RedisBackend(url, lease=lease, hold=hold)  # never renews: a crashed process
+        try:
+            await one.start(told.append)
+            client = one._client
+            base = one._keys("room")[0][:-1]
+            p, pz = base + "p", base + "pz"
+            await one.publish("room", "", PushAttributes(presence=True, life=60), server=True)
+            me = Client("c1", "u1", "sse")
+            await one.attach("room", "c1")
+            await one.present("room", me, keep=True)
+            assert await one.clients("room") == [me]
+            for key in (p, pz):
+                assert 0 < await client.pttl(key) <= keep_ms
+            await one.absent("room", me, keep=True)
+            await one.detach("room", "c1")
+            assert await one.clients("room") == [me]  # within its hold
+            deadline = time.monotonic() + 3
+            while await client.exists(p, pz):  # the hold, then nothing
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+
+            # a process that stops renewing: its clients lapse, and so do the keys
+            await quiet.attach("room", "c2")
+            await quiet.present("room", Client("c2", None, "websocket"), keep=True)
+            assert [c.cid for c in await one.clients("room")] == ["c2"]
+            deadline = time.monotonic() + lease + 1
+            while await one.clients("room"):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+
+            # deleted with the channel
+            await one.attach("room", "c3")
+            await one.present("room", Client("c3", None, "sse"), keep=True)
+            assert await client.exists(p, pz) == 2
+            await one.delete("room")
+            assert await client.exists(p, pz) == 0
+            kinds = [(e.kind, e.client.cid) for e in told if isinstance(e, PresenceEvent)]
+            assert ("leave", "c1") in kinds and ("leave", "c2") in kinds
+        finally:
+            await quiet.aclose()
+            await one.aclose()

@@ -13,7 +13,7 @@ subscription ended gets the hold instead; the process where it ended sweeps the
 channel when the hold is over, so it leaves then unless it came back (to any
 process) in between. Joins and leaves are published on the events channel
 (``j``/``l`` notifications) and reach every process's router like messages.
-Both keys expire with their channel's other leases.
+Both keys expire with the newest lease or hold in them, and go with the channel.
 """
 
 from __future__ import annotations
@@ -181,7 +181,6 @@ class RedisPresence:
         node: str,
         lease_ms: int,
         hold_ms: int,
-        keep_ms: int,
     ) -> None:
         self._call = call
         self._events = events
@@ -191,7 +190,9 @@ class RedisPresence:
         # renewal: a crashed process's clients leave within MARTD_LEASE.
         self._lease_ms = max(1, lease_ms * 2 // 3)
         self._hold_ms = hold_ms
-        self._keep_ms = keep_ms + hold_ms
+        # Each write keeps both keys as long as the entry it wrote (a lease or a hold),
+        # and entries written earlier ran out no later: the keys expire with what they hold.
+        self._keep_ms = max(self._lease_ms, hold_ms) + 1000
         register = client.register_script
         self._present = register(PRESENT)
         self._absent = register(ABSENT)
