@@ -14,8 +14,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from conftest import SSE, ServerThread, running, sse
-from martd_asgi import create_app
+from martd_asgi import AsyncClient, create_app
 from martd_asgi.tokens import mint_token
+from serving import run_martd
 
 pytestmark = pytest.mark.anyio
 
@@ -257,3 +258,16 @@ async def test_presence_across_channels_of_one_subscription(make: Make) -> None:
             await client.post("/pub/b", content="on b")
             event = await watcher.next()
             assert (event["event"], event["data"]) == ("b", "on b")
+
+
+async def test_presence_set_by_the_python_client_and_the_cli(make: Make) -> None:
+    server = make()
+    async with AsyncClient(server.url) as martd:
+        await martd.publish("py", "x", presence=True)
+        assert (await martd.info("py")).presence is True
+        await martd.publish("py", "y")  # left out: back to false, like every attribute
+        assert (await martd.info("py")).presence is False
+    done = run_martd("pub", "cli", "z", "--presence", "--url", server.url)
+    assert done.returncode == 0, done.stderr
+    async with AsyncClient(server.url) as martd:
+        assert (await martd.info("cli")).presence is True

@@ -337,6 +337,9 @@ def _client_failure(exc: Exception) -> NoReturn:
 @click.option("--size", type=int, help="Messages the channel keeps (1..10000, default 10).")
 @click.option("--life", type=int, help="Seconds a message is kept (default 3600).")
 @click.option("--one2one/--no-one2one", default=None, help="At most one subscriber.")
+@click.option(
+    "--presence/--no-presence", default=None, help="Tell subscribers who joins and leaves."
+)
 @click.option("--key", help="The channel's key (needed by non-servers, and on keyed channels).")
 @click.option("--secret", envvar="MARTD_SECRET", help="The server secret. [env MARTD_SECRET]")
 @click.option(
@@ -349,6 +352,7 @@ def pub_command(
     size: int | None,
     life: int | None,
     one2one: bool | None,
+    presence: bool | None,
     key: str | None,
     secret: str | None,
     token: str | None,
@@ -369,7 +373,13 @@ def pub_command(
     try:
         with Client(url, secret=secret or None, token=token or None) as client:
             result = client.publish(
-                channel, payload, size=size, life=life, one2one=one2one, key=key
+                channel,
+                payload,
+                size=size,
+                life=life,
+                one2one=one2one,
+                key=key,
+                presence=presence,
             )
     except ValueError as exc:
         raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--url") from None

@@ -132,6 +132,7 @@ class ChannelInfo:
     life: int
     one2one: bool
     has_key: bool
+    presence: bool = False
 
 
 def error_for(response: httpx.Response) -> ClientError:
@@ -165,7 +166,11 @@ def _payload(data: str | bytes | Any) -> tuple[bytes, str]:
 
 
 def _push_params(
-    size: int | None, life: int | None, one2one: bool | None, key: str | None
+    size: int | None,
+    life: int | None,
+    one2one: bool | None,
+    key: str | None,
+    presence: bool | None = None,
 ) -> dict[str, str]:
     params: dict[str, str] = {}
     if size is not None:
@@ -176,6 +181,8 @@ def _push_params(
         params["one2one"] = "true" if one2one else "false"
     if key is not None:
         params["key"] = key
+    if presence is not None:
+        params["presence"] = "true" if presence else "false"
     return params
 
 
@@ -217,6 +224,7 @@ def _channel_info(response: httpx.Response) -> ChannelInfo:
         life=int(body["life"]),
         one2one=bool(body["one2one"]),
         has_key=bool(body["has_key"]),
+        presence=bool(body.get("presence", False)),
     )
 
 
@@ -281,10 +289,11 @@ class Client(_Base):
         life: int | None = None,
         one2one: bool | None = None,
         key: str | None = None,
+        presence: bool | None = None,
     ) -> PublishResult:
         """Push ``data`` (text, bytes, or anything else as JSON) into ``channel``."""
         content, kind = _payload(data)
-        params = _push_params(size, life, one2one, key)
+        params = _push_params(size, life, one2one, key, presence)
         response = self._send(
             "POST", channel, content=content, params=params, headers={"content-type": kind}
         )
@@ -346,10 +355,11 @@ class AsyncClient(_Base):
         life: int | None = None,
         one2one: bool | None = None,
         key: str | None = None,
+        presence: bool | None = None,
     ) -> PublishResult:
         """Push ``data`` (text, bytes, or anything else as JSON) into ``channel``."""
         content, kind = _payload(data)
-        params = _push_params(size, life, one2one, key)
+        params = _push_params(size, life, one2one, key, presence)
         response = await self._send(
             "POST", channel, content=content, params=params, headers={"content-type": kind}
         )
