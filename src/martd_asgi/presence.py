@@ -217,8 +217,10 @@ class Feed:
         counters: dict[str, int],
         *,
         rate: float = 5_000.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.by_channel = by_channel
+        self.clock = clock
         self.counters = counters
         self.rate = rate
         self.budgets: dict[str, _Budget] = {}
@@ -233,6 +235,11 @@ class Feed:
             return []
         cid = event.client.cid
         return [s for s in subs if s.transport in STREAMS and s.cid != cid]
+
+    def _cost(self, channel: str) -> int:
+        # Counted before the audience is picked out, so that an event that finds no
+        # budget costs O(1): every subscriber of the channel, long-polls included.
+        return len(self.by_channel.get(channel, ()))
 
     def _take(self, budget: _Budget, cost: int, now: float) -> bool:
         budget.tokens = min(self.rate, budget.tokens + (now - budget.at) * self.rate)
@@ -249,7 +256,7 @@ class Feed:
         if channel not in self.by_channel:
             self._forget(channel)
             return
-        now = time.monotonic()
+        now = self.clock()
         budget = self.budgets.get(channel)
         if budget is None:
             budget = self.budgets[channel] = _Budget(self.rate, now)
@@ -261,27 +268,25 @@ class Feed:
                 return
             if cid in budget.announced:
                 return
-            audience = self._audience(event)
-            if not self._take(budget, len(audience), now):
+            if not self._take(budget, self._cost(channel), now):
                 self.counters["presence_joins_untold"] += 1
                 return
             budget.announced.add(cid)
-            self._send(event, audience)
+            self._send(event, self._audience(event))
             return
         if cid not in budget.announced:
             return
         if not budget.leaving:
-            audience = self._audience(event)
-            if self._take(budget, len(audience), now):
+            if self._take(budget, self._cost(channel), now):
                 budget.announced.discard(cid)
-                self._send(event, audience)
+                self._send(event, self._audience(event))
                 return
             self.waiting += 1
         budget.leaving[cid] = event
 
     def tick(self) -> None:
         """Tell the leaves that waited, as budget comes back."""
-        now = time.monotonic()
+        now = self.clock()
         for channel, budget in list(self.budgets.items()):
             if channel not in self.by_channel:
                 self._forget(channel)
@@ -289,12 +294,11 @@ class Feed:
             leaving = budget.leaving
             while leaving:
                 cid, event = next(iter(leaving.items()))
-                audience = self._audience(event)
-                if not self._take(budget, len(audience), now):
+                if not self._take(budget, self._cost(channel), now):
                     break
                 del leaving[cid]
                 budget.announced.discard(cid)
-                self._send(event, audience)
+                self._send(event, self._audience(event))
                 if not leaving:
                     self.waiting -= 1
 
