@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -14,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import redis_url
+from conftest import ServerThread, mounted_app, redis_url, running
+from martd_asgi import create_app
 from martd_asgi.devcert import dev_certificate
 from serving import MARTD, Served, ca_context, free_port, martd_serve, run_martd
 
@@ -154,6 +156,7 @@ def test_cli_sub_prints_each_message_as_it_arrives(served: Served) -> None:
         (["sub", "a,b", "--etag", "0"], "--etag"),
         (["sub", "a,b", "--etag", "0,0,0"], "--etag"),
         (["pub", "ch", "x", "--size", "many"], "--size"),
+        (["serve", "--port", "abc"], "'abc' is not a port number (0 to 65535)"),
         (["serve", "--workers", "2"], "redis"),
         (["serve", "--upstream", "localhost:3000"], "--upstream"),
         (["serve", "--prefix", "martd"], "--prefix"),
@@ -178,6 +181,52 @@ def test_cli_refused_push_is_one_line_and_non_zero(served: Served) -> None:
     assert line.startswith("martd: 403")
     line = one_line_error(run_martd("pub", "cli.first", "x", "--size", "0", "--url", served.url))
     assert "400" in line and "size" in line
+
+
+def test_cli_pub_of_an_empty_message_warns_that_it_reaches_nobody(served: Served) -> None:
+    pushed = run_martd("pub", "cli.empty", "--size", "3", "--url", served.url)
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["delivered"] is False
+    assert pushed.stderr.startswith("martd pub: warning: the message is empty")
+    assert "delivers it to no subscriber" in pushed.stderr
+    real = run_martd("pub", "cli.empty", "something", "--url", served.url)
+    assert real.returncode == 0 and real.stderr == ""
+
+
+def test_cli_pub_to_martd_served_at_the_root_says_which_url_to_use() -> None:
+    with running(create_app(backend="memory")) as root:
+        assert isinstance(root, ServerThread)
+        for args in (["pub", "demo", "hi"], ["sub", "demo", "--count", "1"]):
+            line = one_line_error(run_martd(*args, "--url", f"{root.url}/martd"))
+            assert "404" in line and "nothing at '/martd/" in line
+            assert line.endswith(f"martd answers at {root.url} (it is served at /): use --url {root.url}")
+    # martd is elsewhere (a site mounts it at /push): a hint about --url all the same.
+    with running(mounted_app(create_app(backend="memory"), "/push")) as site:
+        line = one_line_error(run_martd("pub", "demo", "hi", "--url", f"{site.url}/martd"))
+        assert line.startswith("martd: 404: ")
+        assert line.endswith(
+            f"is --url where martd is mounted? (uvicorn martd_asgi:app serves it at /: --url {site.url})"
+        )
+
+
+def test_cli_without_arguments_prints_its_help() -> None:
+    bare = run_martd()
+    assert bare.returncode == 0 and bare.stderr == ""
+    assert bare.stdout.startswith("Usage: martd") and "martd pub CHANNEL DATA" in bare.stdout
+
+
+def test_cli_serve_on_a_port_in_use_says_so_before_any_banner(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_martd("serve", "--port", str(port), MARTD_BACKEND="memory")
+    line = one_line_error(result)
+    assert line == (
+        f"martd: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        "is martd already running? choose another --port"
+    )
+    assert "serving at" not in result.stderr and result.stdout == ""
 
 
 def test_cli_serve_without_upstream_redirects_root_to_the_demo(served: Served) -> None:

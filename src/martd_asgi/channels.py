@@ -136,6 +136,13 @@ def key_matches(stored_hash: str | None, given: str | None) -> bool:
     return hmac.compare_digest(stored_hash, hash_key(given))
 
 
+def key_refusal(given: str | None) -> str:
+    """Why a push into a keyed channel was refused: no key, or another one."""
+    if given is None:
+        return "key: this channel needs its key to push"
+    return "key: wrong key for this channel"
+
+
 # ---------------------------------------------------------------------- etags
 
 EtagKey = tuple[int, int]

@@ -116,8 +116,10 @@ class PublishResult:
     subscribers: int
     messages: int
     created: bool
+    #: False for an empty push: stored with an etag, but delivered to no subscriber.
+    delivered: bool = True
     #: martd's answer as it sent it (the JSON text of the response body).
-    answer: str = field(default="", compare=False, repr=False)
+    answer: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,7 @@ def _publish_result(response: httpx.Response) -> PublishResult:
         subscribers=int(body.get("subscribers", 0)),
         messages=int(body.get("messages", 0)),
         created=response.status_code == 201,
+        delivered=body.get("delivered", True) is not False,
         answer=response.text,
     )
 

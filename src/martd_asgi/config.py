@@ -38,6 +38,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     "max_channels": ("MARTD_MAX_CHANNELS", "channels in one subscription"),
     "hold": ("MARTD_HOLD", "seconds a one2one hold outlives its last connection"),
     "demo": ("MARTD_DEMO", "`1` serves `/demo`, `0` does not"),
+    "dashboard": (
+        "MARTD_DASHBOARD",
+        "`1` serves `/dashboard`, a live picture of this process, to servers (like `/stats`);"
+        " `0` does not",
+    ),
     "sub_buffer_messages": (
         "MARTD_SUB_BUFFER_MESSAGES",
         "messages a subscriber may fall behind before it is disconnected",
@@ -59,6 +64,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         "MARTD_GC_TUNE",
         "`1`: when martd is the server's app, freeze start-up objects and collect garbage"
         " less often (`0` leaves the collector alone; a host app's is never touched)",
+    ),
+    "gc_interval": (
+        "MARTD_GC_INTERVAL",
+        "seconds between full garbage collections (and returning free heap to the system) when"
+        " martd tunes the collector (`0`: never)",
     ),
     "max_channels_total": (
         "MARTD_MAX_CHANNELS_TOTAL",
@@ -117,11 +127,13 @@ class Settings:
     max_channels: int = 64
     hold: float = 30.0
     demo: bool = True
+    dashboard: bool = True
     sub_buffer_messages: int = 1000
     sub_buffer_bytes: int = 4 * 1024 * 1024
     sub_stall: float = 30.0
     grace: float = 4.0
     gc_tune: bool = True
+    gc_interval: float = 60.0
     sub_sndbuf: int = 0
     max_channels_total: int = 100_000
     max_subscribers: int = 0
@@ -149,6 +161,7 @@ class Settings:
             ("sub_buffer_bytes", 1),
             ("sub_stall", 0.05),
             ("grace", 0),
+            ("gc_interval", 0),
             ("sub_sndbuf", 0),
             ("max_channels_total", 0),
             ("max_subscribers", 0),

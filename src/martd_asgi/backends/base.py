@@ -47,6 +47,14 @@ class PublishResult:
         del data["created"]
         return data
 
+    def answer(self, payload: str) -> dict[str, Any]:
+        """The push's answer: ``body()``, and for an empty push that it reaches nobody."""
+        body = self.body()
+        if not payload:
+            # The original martd's empty push sets attributes; its message is never sent.
+            body["delivered"] = False
+        return body
+
 
 @dataclass(frozen=True)
 class ChannelInfo:

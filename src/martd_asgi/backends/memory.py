@@ -25,6 +25,7 @@ from ..channels import (
     format_etag,
     hash_key,
     key_matches,
+    key_refusal,
 )
 from ..errors import Conflict, Forbidden, TooManyRequests
 from ..presence import Client, Roster
@@ -178,7 +179,7 @@ class MemoryBackend:
             and current.key_hash is not None
             and not key_matches(current.key_hash, attrs.key)
         ):
-            raise Forbidden("key: this channel needs its key to push", field="key")
+            raise Forbidden(key_refusal(attrs.key), field="key")
         if not server:
             if current is None:
                 raise Forbidden("channel: only a server can create a channel", field="channel")
@@ -398,3 +399,4 @@ class MemoryBackend:
             "retained_bytes": self.retained_bytes,
             "evicted": self.evicted,
         }
+

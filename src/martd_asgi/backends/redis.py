@@ -42,6 +42,7 @@ from ..channels import (
     etag_key,
     format_etag,
     hash_key,
+    key_refusal,
 )
 from ..errors import Conflict, Forbidden, Unavailable
 from ..logs import redact
@@ -60,7 +61,6 @@ COUNT_EVERY = 5.0  # seconds between counts of all channels for /stats
 ID_LIMIT = 1 << 53  # stream ids above this cannot be compared exactly in Lua
 
 FORBIDDEN = {
-    "key": ("key: this channel needs its key to push", "key"),
     "create": ("channel: only a server can create a channel", "channel"),
     "nokey": ("key: only a server can push into this channel", "key"),
     "addkey": (
@@ -307,6 +307,8 @@ class RedisBackend:
         reply = await self._call(self._publish, self._keys(channel), args)
         if reply[0] == "err":
             reason = reply[1]
+            if reason == "key":
+                raise Forbidden(key_refusal(attrs.key), field="key")
             if reason in FORBIDDEN:
                 message, field = FORBIDDEN[reason]
                 raise Forbidden(message, field=field)

@@ -30,7 +30,7 @@ async def publish(
     result = await app.backend.publish(channel, data, attrs, server=server)
     app.counters["published"] += 1
     app.counters["published_bytes"] += len(data.encode()) if not data.isascii() else len(data)
-    await send_json(send, 201 if result.created else 200, result.body())
+    await send_json(send, 201 if result.created else 200, result.answer(data))
 
 
 async def info(app: MartdApp, request: Request, channel: str, send: Send) -> None:

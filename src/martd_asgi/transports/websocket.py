@@ -150,7 +150,7 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
         return frame({"type": "error", "id": ident, **error.body(), "status": error.status})
     app.counters["published"] += 1
     app.counters["published_bytes"] += len(data.encode())
-    return frame({"type": "ack", "id": ident, **result.body()})
+    return frame({"type": "ack", "id": ident, **result.answer(data)})
 
 
 def _text(value: Any) -> str:
