@@ -52,6 +52,7 @@ async def test_presence_across_processes_including_a_killed_one(tmp_path: Path) 
         redis_url() as backend,
         martd_serve("--backend", backend, tmp=tmp_path, **settings) as one,
         martd_serve("--backend", backend, tmp=tmp_path, **settings) as two,
+        martd_serve("--backend", backend, tmp=tmp_path, **settings) as three,
     ):
         async with httpx.AsyncClient(timeout=10) as client:
             created = await client.post(f"{one.url}/pub/room", params={"presence": "1"})
@@ -85,6 +86,21 @@ async def test_presence_across_processes_including_a_killed_one(tmp_path: Path) 
                     assert (await watcher.next())["data"] == "marker"
                     moved.cancel()
                     assert (await control(watcher))["type"] == "leave"  # after its hold
+
+                    # a deploy: a process stops (SIGTERM) and its client comes back to
+                    # another one within the hold: neither a leave nor a join
+                    stays = asyncio.ensure_future(hold_open(f"{three.url}/sub/room?cid=d"))
+                    assert (await control(watcher))["cid"] == "d"
+                    three.process.terminate()
+                    three.process.wait(timeout=10)
+                    await stays
+                    back = asyncio.ensure_future(hold_open(f"{one.url}/sub/room?cid=d"))
+                    await asyncio.sleep(2.0)  # past the hold
+                    await client.post(f"{one.url}/pub/room?presence=1", content="deployed")
+                    assert (await watcher.next())["data"] == "deployed"
+                    assert ("d", "sse") in await listed(client, one.url)
+                    back.cancel()
+                    assert (await control(watcher))["cid"] == "d"  # its leave, after the hold
 
                     # the other process dies without a word: its clients leave within the lease
                     two.process.kill()
