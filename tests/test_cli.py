@@ -18,7 +18,7 @@ import pytest
 from conftest import ServerThread, mounted_app, redis_url, running
 from martd_asgi import create_app
 from martd_asgi.devcert import dev_certificate
-from serving import MARTD, Served, ca_context, free_port, martd_serve, run_martd
+from serving import Served, ca_context, free_port, martd_process, martd_serve, run_martd
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,25 @@ def test_cli_pub_then_sub_from_etag_0_prints_the_message(served: Served) -> None
     }
 
 
+def test_cli_pub_event_and_type_then_sub_json_shows_them(served: Served) -> None:
+    args = ["--event", "update", "--type", "application/json", "--url", served.url]
+    pushed = run_martd("pub", "cli.typed", '{"n":1}', *args)
+    assert pushed.returncode == 0, pushed.stderr
+    etag = json.loads(pushed.stdout)["etag"]
+    for transport in ("longpoll", "sse"):
+        got = run_martd(
+            "sub", "cli.typed", "--etag", "0", "--count", "1", "--json",
+            "--transport", transport, "--url", served.url,
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        line = json.loads(got.stdout)
+        assert (line["etag"], line["data"], line["event"]) == (etag, '{"n":1}', "update")
+        if transport == "longpoll":  # plain SSE carries the event name only
+            assert line["type"] == "application/json"
+    bad = one_line_error(run_martd("pub", "cli.typed", "x", "--event", "a b", "--url", served.url))
+    assert bad.startswith("martd: 400: event")
+
+
 def test_cli_sub_takes_one_etag_place_per_channel_in_their_order(served: Served) -> None:
     def pub(channel: str, data: str) -> str:
         pushed = run_martd("pub", channel, data, "--url", served.url)
@@ -114,13 +133,7 @@ def test_cli_pub_reads_stdin_and_sets_attributes(served: Served) -> None:
 
 
 def test_cli_sub_prints_each_message_as_it_arrives(served: Served) -> None:
-    with subprocess.Popen(
-        [*MARTD, "sub", "cli.live,cli.other", "--url", served.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    ) as process:
+    with martd_process("sub", "cli.live,cli.other", "--url", served.url) as process:
         assert process.stderr is not None and process.stdout is not None
         assert "listening" in process.stderr.readline()
         deadline = time.monotonic() + 10
@@ -144,6 +157,20 @@ def test_cli_sub_prints_each_message_as_it_arrives(served: Served) -> None:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 130
         assert "Traceback" not in process.stderr.read()
+
+
+def test_cli_sub_takes_sigint_in_a_test_run_started_in_the_background(served: Served) -> None:
+    # A non-interactive shell starts background jobs with SIGINT ignored, and
+    # children inherit that; the suite must still reach `martd sub` with it.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with martd_process("sub", "cli.bg", "--url", served.url) as process:
+            assert process.stderr is not None
+            assert "listening" in process.stderr.readline()
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=10) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize(
@@ -325,13 +352,7 @@ def test_cli_serve_workers_share_channels_through_redis_and_stop_cleanly(
         got = run_martd("sub", "cli.workers", "--etag", "0", "--count", "1", "--url", served.url)
         assert got.returncode == 0, got.stderr
         assert got.stdout == "first\n"
-        with subprocess.Popen(
-            [*MARTD, "sub", "cli.workers", "--count", "1", "--url", served.url],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        ) as process:
+        with martd_process("sub", "cli.workers", "--count", "1", "--url", served.url) as process:
             assert process.stderr is not None and process.stdout is not None
             assert "listening" in process.stderr.readline()
             # Subscribed before its headers came back: whichever worker takes the push,

@@ -19,7 +19,7 @@ from typing import Any
 from . import dashboard, logformat, logs, signals
 from .auth import Authority
 from .backends.base import Backend, make_backend
-from .channels import check_name, parse_push_attributes
+from .channels import check_event, check_name, message_type, parse_push_attributes
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import Forbidden, MartdError, MethodNotAllowed, NotFound
@@ -163,8 +163,14 @@ class MartdApp:
         key: str | None = None,
         *,
         presence: bool = False,
+        event: str | None = None,
+        content_type: str | None = None,
     ) -> str:
-        """Push as a server, in process; returns the new etag."""
+        """Push as a server, in process; returns the new etag.
+
+        ``event`` names the message's event and ``content_type`` becomes its
+        ``type``, as ``?event=`` and the Content-Type header of ``POST /pub`` do.
+        """
         await self.startup()
         check_name(channel)
         given = {"size": str(size), "life": str(life), "one2one": str(bool(one2one)).lower()}
@@ -172,7 +178,12 @@ class MartdApp:
         if key is not None:
             given["key"] = key
         result = await self.backend.publish(
-            channel, data, parse_push_attributes(given), server=True
+            channel,
+            data,
+            parse_push_attributes(given),
+            server=True,
+            event=None if event is None else check_event(event),
+            content_type=message_type(content_type),
         )
         self.counters["published"] += 1
         self.counters["published_bytes"] += len(data.encode())

@@ -8,7 +8,6 @@ non-zero status (2 for bad usage, 1 otherwise, 130 for Ctrl-C), never a tracebac
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import os
@@ -93,6 +92,7 @@ def build_config(
     """The uvicorn ``Config`` that ``martd serve`` runs (see ``martd serve --help``)."""
     import uvicorn
 
+    from . import protocols
     from .config import Settings
     from .proxy import check_prefix
 
@@ -140,6 +140,9 @@ def build_config(
         "proxy_headers": False,
         # The site's own streams may never end; martd ends its own on shutdown.
         "timeout_graceful_shutdown": 5,
+        # Chosen, not left to what is installed: see martd_asgi.protocols.
+        "http": protocols.HTTP,
+        "ws": protocols.WEBSOCKET,
     }
     if workers > 1:
         # Workers import the app by name, so hand them its options by environment.
@@ -398,6 +401,12 @@ def _where_is_martd(url: str) -> str:
     "--presence/--no-presence", default=None, help="Tell subscribers who joins and leaves."
 )
 @click.option("--key", help="The channel's key (needed by non-servers, and on keyed channels).")
+@click.option("--event", help="The message's event name (SSE `event:`), [A-Za-z0-9_.:-]{1,64}.")
+@click.option("--type", "content_type", help="The message's type, sent as its Content-Type.")
+@click.option(
+    "--idempotency-key",
+    help="Answer a repeat of this push (same key, same push) without storing it again.",
+)
 @click.option("--secret", envvar="MARTD_SECRET", help="The server secret. [env MARTD_SECRET]")
 @click.option(
     "--token", envvar="MARTD_TOKEN", help="A token that grants publish. [env MARTD_TOKEN]"
@@ -411,6 +420,9 @@ def pub_command(
     one2one: bool | None,
     presence: bool | None,
     key: str | None,
+    event: str | None,
+    content_type: str | None,
+    idempotency_key: str | None,
     secret: str | None,
     token: str | None,
 ) -> None:
@@ -443,6 +455,9 @@ def pub_command(
                 one2one=one2one,
                 key=key,
                 presence=presence,
+                event=event,
+                content_type=content_type,
+                idempotency_key=idempotency_key,
             )
     except ValueError as exc:
         raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--url") from None
@@ -465,7 +480,8 @@ def pub_command(
     "--json",
     "as_json",
     is_flag=True,
-    help='One JSON line per message: {"channel", "etag", "data"}.',
+    help='One JSON line per message: {"channel", "etag", "data"}, and "event" and "type"'
+    " when the message has them.",
 )
 @click.option(
     "--transport", type=click.Choice(["sse", "longpoll"]), default="sse", show_default=True
@@ -526,7 +542,7 @@ def sub_command(
     try:
         for delivery in subscription:
             if as_json:
-                line = json.dumps(dataclasses.asdict(delivery), ensure_ascii=False)
+                line = json.dumps(delivery.as_json(), ensure_ascii=False)
             elif len(names) > 1:
                 line = f"{delivery.channel}: {delivery.data}"
             else:

@@ -82,6 +82,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         "MARTD_MAX_CONNECTIONS_PER_ADDRESS",
         "open subscriptions from one client address; servers are exempt (`0`: no limit)",
     ),
+    "max_channels_per_address": (
+        "MARTD_MAX_CHANNELS_PER_ADDRESS",
+        "channels one client address may be subscribed to at once, each counted once however"
+        " many of its subscriptions name it; servers are exempt (`0`: no limit)",
+    ),
     "push_rate": (
         "MARTD_PUSH_RATE",
         "pushes per second for one key-holder on one channel (`0`: no limit)",
@@ -105,6 +110,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         "MARTD_PRESENCE_RATE",
         "frames per second that one channel's join/leave events may cost in one process"
         " (each event costs one frame per subscriber told)",
+    ),
+    "idempotency_ttl": (
+        "MARTD_IDEMPOTENCY_TTL",
+        "seconds an `Idempotency-Key` is remembered per channel (`0`: keys are checked, not"
+        " remembered)",
     ),
 }
 
@@ -138,12 +148,14 @@ class Settings:
     max_channels_total: int = 100_000
     max_subscribers: int = 0
     max_connections_per_address: int = 1000
+    max_channels_per_address: int = 1000
     push_rate: float = 20.0
     push_burst: int = 40
     max_retained_bytes: int = 256 * 1024 * 1024
     log_format: str = "text"
     lease: float = 30.0
     presence_rate: float = 5_000.0
+    idempotency_ttl: float = 600.0
 
     @property
     def signing_secret(self) -> str | None:
@@ -166,11 +178,13 @@ class Settings:
             ("max_channels_total", 0),
             ("max_subscribers", 0),
             ("max_connections_per_address", 0),
+            ("max_channels_per_address", 0),
             ("push_rate", 0),
             ("push_burst", 1),
             ("max_retained_bytes", 0),
             ("lease", 0.3),
             ("presence_rate", 1),
+            ("idempotency_ttl", 0),
         ):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} ({FIELDS[name][0]}): must be at least {low}")

@@ -146,7 +146,7 @@ class Metrics:
     # -- hot path: once per message and once per refused request
 
     def on_deliver(self, msg: Message, subscribers: int) -> None:
-        self.delivered_bytes += len(msg.data) * subscribers
+        self.delivered_bytes += msg.size * subscribers
         # An etag starts with the wall-clock millisecond at which the push was stored.
         latency = max(0.0, time.time() - msg.key[0] / 1000)
         self.latency.observe(latency)
