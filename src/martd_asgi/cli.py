@@ -143,6 +143,9 @@ def build_config(
         # Chosen, not left to what is installed: see martd_asgi.protocols.
         "http": protocols.HTTP,
         "ws": protocols.WEBSOCKET,
+        # Pushes are small: compressing them costs more than it saves, and the
+        # compression state more than doubled an idle WebSocket's memory.
+        "ws_per_message_deflate": False,
     }
     if workers > 1:
         # Workers import the app by name, so hand them its options by environment.
