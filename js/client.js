@@ -748,11 +748,12 @@
     emit(type, { channel: channel, cid: body.cid, user: body.user === undefined ? null : body.user });
   }
 
-  // A Promise of [{cid, user, transport}]; rejects with an Error whose status is
-  // the server's answer (403 without server rights on the channel).
+  // A Promise of [{cid, user, transport}] (null without Promise); rejects with an
+  // Error whose status is the server's answer (403 without server rights on it).
   martd.presence = function (channel) {
     var url = cfg.url + "/pub/" + encodeURIComponent(channel) + "?presence=1";
     if (cfg.token) url += "&token=" + encodeURIComponent(cfg.token);
+    if (!win.Promise) return null;
     return new win.Promise(function (resolve, reject) {
       xhrGet(url, 20000, function (status, answer) {
         if (status === 200 && answer && answer.clients) return resolve(answer.clients);
