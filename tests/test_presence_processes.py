@@ -108,7 +108,7 @@ async def test_presence_across_processes_including_a_killed_one(tmp_path: Path) 
                     left = await control(watcher, timeout=LEASE + 5)
                     took = time.monotonic() - killed
                     assert (left["type"], left["cid"]) == ("leave", "x")
-                    assert took <= LEASE + 1.0, f"the leave took {took:.2f} s"
+                    assert took <= LEASE + 1.5, f"the leave took {took:.2f} s"
                     assert await listed(client, one.url) == [("watcher", "sse")]
                 finally:
                     stay.cancel()
