@@ -271,3 +271,45 @@ async def test_presence_set_by_the_python_client_and_the_cli(make: Make) -> None
     assert done.returncode == 0, done.stderr
     async with AsyncClient(server.url) as martd:
         assert (await martd.info("cli")).presence is True
+
+
+async def test_presence_default_from_a_namespace(make: Make) -> None:
+    server = make(namespaces='{"chat": {"presence": true}}', hold=0.1)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        await client.post("/pub/chat:lobby", content="hi")  # presence left out: the default
+        assert (await client.get("/pub/chat:lobby")).json()["presence"] is True
+        async with sse(client, "/sub/chat:lobby?cid=w") as watcher:
+            async with sse(client, "/sub/chat:lobby?cid=n"):
+                assert (await control(watcher))["cid"] == "n"
+        await client.post("/pub/other", content="hi")
+        assert (await client.get("/pub/other")).json()["presence"] is False
+
+
+async def test_presence_user_from_the_auth_hook(make: Make) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def auth(request: Request) -> Response:
+        if request.cookies.get("session") != "s-42":
+            return JSONResponse({"error": "who?"}, status_code=401)
+        return JSONResponse({"subscribe": ["room.*"], "user": 42, "ttl": 60})
+
+    site = Starlette(routes=[Route("/auth", auth, methods=["POST"])])
+    with running(site) as hook:
+        server = make(allow="10.9.9.9", private="room.*", auth_url=hook.url + "/auth", hold=0.1)
+        as_server = {"authorization": f"Bearer {SECRET}"}
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            made = await client.post("/pub/room.1?presence=1", headers=as_server)
+            assert made.status_code == 201, made.text
+            async with sse(client, "/sub/room.1?cid=w", as_server) as watcher:
+                async with sse(client, "/sub/room.1?cid=h", {"cookie": "session=s-42"}):
+                    assert await control(watcher) == {
+                        "type": "join",
+                        "channel": "room.1",
+                        "cid": "h",
+                        "user": 42,
+                    }
+                    listed = await client.get("/pub/room.1?presence=1", headers=as_server)
+                    assert {"cid": "h", "user": 42, "transport": "sse"} in listed.json()["clients"]

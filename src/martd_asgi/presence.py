@@ -37,7 +37,7 @@ class Client:
     """One client of a channel, as ``GET /pub/{channel}?presence=1`` lists it."""
 
     cid: str
-    user: str | None
+    user: str | int | None  # the token's ``sub``, or the auth hook's ``user``
     transport: str
 
     def body(self) -> dict[str, Any]:
@@ -50,7 +50,9 @@ class Client:
     def loads(cls, text: str) -> Client:
         body = json.loads(text)
         user = body.get("user")
-        return cls(str(body["cid"]), None if user is None else str(user), str(body["transport"]))
+        if not isinstance(user, str | int) or isinstance(user, bool):
+            user = None
+        return cls(str(body["cid"]), user, str(body["transport"]))
 
 
 @dataclass(frozen=True)

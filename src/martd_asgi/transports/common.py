@@ -153,9 +153,9 @@ class Subscription:
     cid_given: bool
     callback: str | None = None
     timeout: float = 30.0
-    # v1.1: who the subscriber is, for presence: the ``sub`` claim of its token or the
-    # ``user`` that the auth hook answered; None when neither says.
-    user: str | None = None
+    # Who subscribes: the ``sub`` claim of the token, or the ``user`` the site's
+    # auth hook answered, that admitted a private channel; else None.
+    user: str | int | None = None
 
 
 def _etag_list(raw: str, count: int, source: str) -> list[str | None]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from ..authhook import check_subscribe
 from ..channels import History, etag_key
 from ..errors import MartdError, Unavailable
 from ..presence import STREAMS, Client
@@ -44,8 +45,19 @@ async def subscribe(
             max_channels=app.settings.max_channels,
             poll_timeout=app.settings.poll_timeout,
         )
-        app.authority.check_subscribe(request.scope, request.headers, request.query, req.channels)
-        req.user = app.authority.user(request.headers, request.query)
+        granted = await check_subscribe(
+            app.authority,
+            app.hook,
+            request.scope,
+            request.headers,
+            request.query,
+            req.channels,
+            req.cid if req.cid_given else None,
+        )
+        if granted is not None:
+            req.user = granted.user
+        if req.user is None:  # a public channel: the token's ``sub``, for presence
+            req.user = app.authority.user(request.headers, request.query)
         if app.closing:
             raise Unavailable("server: shutting down; reconnect", retry_after=1)
         address = app.limits.admit(request.scope, request.headers, request.query, req.channels)
