@@ -122,6 +122,19 @@ class Metrics:
                 "Memory backend: retained messages dropped to stay under MARTD_MAX_RETAINED_BYTES",
                 registry=r,
             ),
+            "presence_events": Counter(
+                "martd_presence_events", "Join and leave events told to subscribers", registry=r
+            ),
+            "presence_frames": Counter(
+                "martd_presence_frames",
+                "Frames that carried join and leave events to subscribers",
+                registry=r,
+            ),
+            "presence_joins_untold": Counter(
+                "martd_presence_joins_untold",
+                "Joins not told because their channel spent its presence budget",
+                registry=r,
+            ),
         }
         self.rejects = Counter(
             "martd_rejected_requests",
