@@ -36,6 +36,11 @@ class KeyNames:
         """The newest etag of a deleted channel, for processes that did not hear of it."""
         return f"{self.prefix}:{{{name}}}:g"
 
+    def events(self, name: str) -> str:
+        """The channel's pub/sub channel: its pushes and control events, for the
+        processes that have subscribers on it (not a key; in the channel's slot)."""
+        return f"{self.prefix}:{{{name}}}:e"
+
     def clock(self, key: str) -> str:
         """The id clock of the slot ``key`` is in."""
         if not self._per_slot:
