@@ -46,6 +46,8 @@ async def behave_as_one(url: str) -> None:
         # one order per channel; channels on different cluster nodes may interleave
         got = sorted((e.channel, e.etag, e.data) for e in events if isinstance(e, Message))
         assert got == sorted((name, etags[name], f"to {name}") for name in CHANNELS)
+        # the process without subscribers was told nothing of them
+        assert two._fanout.heard == 0
         history = await one.history("gamma", "0")
         assert [m.data for m in history.messages] == ["to gamma"]
         assert await two.delete("beta")

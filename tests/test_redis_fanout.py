@@ -1,0 +1,162 @@
+"""On Redis, a process hears only the channels it has subscribers on, and nothing is
+lost or repeated while subscribers move between processes and pushes flow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import ServerThread, redis_url, sse
+from martd_asgi import create_app
+from redis_servers import redis_servers
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+LINGER = 0.05  # seconds: processes leave a channel almost as soon as its subscribers do
+
+
+@contextlib.contextmanager
+def two_martds(url: str) -> Iterator[list[ServerThread]]:
+    servers: list[ServerThread] = []
+    try:
+        for _ in range(2):
+            martd = create_app(backend=url)
+            martd.backend._fanout.linger = LINGER  # type: ignore[attr-defined]
+            servers.append(ServerThread(martd).start())
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@contextlib.asynccontextmanager
+async def clients(*servers: ServerThread) -> AsyncIterator[list[httpx.AsyncClient]]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=s.url, timeout=10))
+            for s in servers
+        ]
+
+
+async def stats(client: httpx.AsyncClient) -> dict[str, Any]:
+    return dict((await client.get("/stats")).json())
+
+
+async def until(client: httpx.AsyncClient, ok: Any, timeout: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while not ok(now := await stats(client)):
+        assert time.monotonic() < deadline, f"not met in time: {now}"
+        await asyncio.sleep(0.02)
+    return now
+
+
+async def test_redis_process_hears_only_the_channels_it_has_subscribers_on() -> None:
+    with redis_url() as url, two_martds(url) as (a, b):
+        async with clients(a, b) as (ca, cb):
+            async with sse(ca, "/sub/mine") as on_a:
+                await until(ca, lambda s: s["subscribers"] == 1)
+                heard_b = (await stats(cb))["redis_notifications"]
+                for i in range(20):  # pushed through B, which has no subscriber on it
+                    assert (await cb.post("/pub/mine", content=f"m{i}")).status_code in (200, 201)
+                assert [(await on_a.next())["data"] for _ in range(20)] == [
+                    f"m{i}" for i in range(20)
+                ]
+                assert (await stats(ca))["redis_notifications"] >= 20
+                assert (await stats(cb))["redis_notifications"] == heard_b
+                # B gains a subscriber: from then on it hears the channel...
+                async with sse(cb, "/sub/mine") as on_b:
+                    await until(cb, lambda s: s["subscribers"] == 1)
+                    await ca.post("/pub/mine", content="both")
+                    assert (await on_b.next())["data"] == "both"
+                    assert (await on_a.next())["data"] == "both"
+                # ...and once its subscriber left, no longer.
+                quiet = await until(cb, lambda s: s["redis_followed_channels"] == 0)
+                for i in range(5):
+                    await ca.post("/pub/mine", content=f"late{i}")
+                assert [(await on_a.next())["data"] for _ in range(5)] == [
+                    f"late{i}" for i in range(5)
+                ]
+                assert (await stats(cb))["redis_notifications"] == quiet["redis_notifications"]
+
+
+def numbers(messages: list[dict[str, Any]]) -> list[int]:
+    return [int(m["data"]) for m in messages]
+
+
+async def interest_moves_while_pushes_flow(url: str, pushes: int = 120) -> None:
+    """Per channel: pushes through both processes, one at a time; a long-poller and an
+    SSE reader hopping between the processes by etag, so each process gains and
+    loses the channel again and again; and on one channel a reader that stays.
+    Every hop must carry on exactly after the last message it had."""
+    names = ["hop1", "hop2", "steady"]
+    with two_martds(url) as servers:
+        async with clients(*servers) as both:
+            first = {}
+            for name in names:
+                answer = await both[0].post(f"/pub/{name}?size=1000", content="0")
+                first[name] = answer.json()["etag"]
+
+            async def push(name: str) -> None:
+                for i in range(1, pushes + 1):
+                    answer = await both[i % 2].post(f"/pub/{name}", content=str(i))
+                    assert answer.status_code == 200, answer.text
+
+            async def long_poll(name: str) -> None:
+                etag, last = first[name], 0
+                for hop in itertools.count():
+                    if last == pushes:
+                        return
+                    answer = await both[hop % 2].get(f"/sub/{name}", params={"etag": etag})
+                    assert answer.status_code == 200, answer.text
+                    got = answer.json()["channels"][name]["messages"]
+                    assert numbers(got) == list(range(last + 1, last + 1 + len(got))), (hop, got)
+                    etag, last = got[-1]["etag"], last + len(got)
+
+            async def hop_sse(name: str) -> None:
+                etag, last = first[name], 0
+                for hop in itertools.count():
+                    if last == pushes:
+                        return
+                    headers = {"last-event-id": etag}
+                    async with sse(both[hop % 2], f"/sub/{name}", headers) as stream:
+                        for _ in range(1 + hop % 4):
+                            event = await stream.next(10)
+                            assert int(event["data"]) == last + 1, (hop, event, last)
+                            etag, last = event["id"], last + 1
+                            if last == pushes:
+                                return
+
+            async def stay(name: str) -> list[int]:
+                got = []
+                async with sse(both[0], f"/sub/{name}", {"last-event-id": first[name]}) as s:
+                    while len(got) < pushes:
+                        got.append(int((await s.next(10))["data"]))
+                return got
+
+            staying = asyncio.ensure_future(stay("steady"))
+            await until(both[0], lambda s: s["subscribers"] == 1)
+            work = [push(n) for n in names]
+            work += [long_poll(n) for n in names] + [hop_sse(n) for n in names]
+            await asyncio.wait_for(asyncio.gather(*work), 60)
+            assert await asyncio.wait_for(staying, 10) == list(range(1, pushes + 1))
+            for client in both:  # every process took part, and followed channels came and went
+                now = await stats(client)
+                assert now["redis_notifications"] > 0 and now["redis_reconnects"] == 0
+
+
+async def test_redis_interest_moves_between_processes_while_pushes_flow() -> None:
+    with redis_url() as url:
+        await interest_moves_while_pushes_flow(url)
+
+
+async def test_redis_cluster_interest_moves_between_processes_while_pushes_flow() -> None:
+    with redis_servers() as servers:
+        nodes = servers.cluster()
+        await interest_moves_while_pushes_flow(f"{nodes[0].url}?cluster=1", pushes=60)
