@@ -84,6 +84,16 @@ async def test_redis_process_hears_only_the_channels_it_has_subscribers_on() -> 
                     f"late{i}" for i in range(5)
                 ]
                 assert (await stats(cb))["redis_notifications"] == quiet["redis_notifications"]
+                # the same, as Prometheus sees it
+                assert metric(await ca.get("/metrics")) >= 26
+                assert metric(await cb.get("/metrics")) == quiet["redis_notifications"]
+
+
+def metric(answer: httpx.Response) -> float:
+    for line in answer.text.splitlines():
+        if line.startswith("martd_redis_notifications_total "):
+            return float(line.split()[1])
+    raise AssertionError("no martd_redis_notifications_total")
 
 
 def numbers(messages: list[dict[str, Any]]) -> list[int]:

@@ -119,6 +119,11 @@ class Metrics:
                 "Memory backend: retained messages dropped to stay under MARTD_MAX_RETAINED_BYTES",
                 registry=r,
             ),
+            "redis_notifications": Counter(
+                "martd_redis_notifications",
+                "Redis backend: notifications received (pushes to channels with subscribers here)",
+                registry=r,
+            ),
         }
         self.rejects = Counter(
             "martd_rejected_requests",
@@ -170,6 +175,7 @@ class Metrics:
             "published_bytes": app.counters.get("published_bytes", 0),
             "delivered_bytes": self.delivered_bytes,
             "evicted": backend.get("evicted", 0),
+            "redis_notifications": backend.get("redis_notifications", 0),
         }
         for name, counter in self.counters.items():
             self._advance(counter, name, values.get(name, 0))
