@@ -38,6 +38,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     "max_channels": ("MARTD_MAX_CHANNELS", "channels in one subscription"),
     "hold": ("MARTD_HOLD", "seconds a one2one hold outlives its last connection"),
     "demo": ("MARTD_DEMO", "`1` serves `/demo`, `0` does not"),
+    "dashboard": (
+        "MARTD_DASHBOARD",
+        "`1` serves `/dashboard`, a live picture of this process, to servers (like `/stats`);"
+        " `0` does not",
+    ),
     "sub_buffer_messages": (
         "MARTD_SUB_BUFFER_MESSAGES",
         "messages a subscriber may fall behind before it is disconnected",
@@ -60,6 +65,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         "`1`: when martd is the server's app, freeze start-up objects and collect garbage"
         " less often (`0` leaves the collector alone; a host app's is never touched)",
     ),
+    "gc_interval": (
+        "MARTD_GC_INTERVAL",
+        "seconds between full garbage collections (and returning free heap to the system) when"
+        " martd tunes the collector (`0`: never)",
+    ),
     "max_channels_total": (
         "MARTD_MAX_CHANNELS_TOTAL",
         "channels one process stores or has subscribers for (`0`: no limit)",
@@ -71,6 +81,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     "max_connections_per_address": (
         "MARTD_MAX_CONNECTIONS_PER_ADDRESS",
         "open subscriptions from one client address; servers are exempt (`0`: no limit)",
+    ),
+    "max_channels_per_address": (
+        "MARTD_MAX_CHANNELS_PER_ADDRESS",
+        "channels one client address may be subscribed to at once, each counted once however"
+        " many of its subscriptions name it; servers are exempt (`0`: no limit)",
     ),
     "push_rate": (
         "MARTD_PUSH_RATE",
@@ -86,6 +101,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         " (`0`: no limit)",
     ),
     "log_format": ("MARTD_LOG_FORMAT", "`text`, or `json` for one JSON object per log line"),
+    "idempotency_ttl": (
+        "MARTD_IDEMPOTENCY_TTL",
+        "seconds an `Idempotency-Key` is remembered per channel (`0`: keys are checked, not"
+        " remembered)",
+    ),
 }
 
 
@@ -107,19 +127,23 @@ class Settings:
     max_channels: int = 64
     hold: float = 30.0
     demo: bool = True
+    dashboard: bool = True
     sub_buffer_messages: int = 1000
     sub_buffer_bytes: int = 4 * 1024 * 1024
     sub_stall: float = 30.0
     grace: float = 4.0
     gc_tune: bool = True
+    gc_interval: float = 60.0
     sub_sndbuf: int = 0
     max_channels_total: int = 100_000
     max_subscribers: int = 0
     max_connections_per_address: int = 1000
+    max_channels_per_address: int = 1000
     push_rate: float = 20.0
     push_burst: int = 40
     max_retained_bytes: int = 256 * 1024 * 1024
     log_format: str = "text"
+    idempotency_ttl: float = 600.0
 
     @property
     def signing_secret(self) -> str | None:
@@ -137,13 +161,16 @@ class Settings:
             ("sub_buffer_bytes", 1),
             ("sub_stall", 0.05),
             ("grace", 0),
+            ("gc_interval", 0),
             ("sub_sndbuf", 0),
             ("max_channels_total", 0),
             ("max_subscribers", 0),
             ("max_connections_per_address", 0),
+            ("max_channels_per_address", 0),
             ("push_rate", 0),
             ("push_burst", 1),
             ("max_retained_bytes", 0),
+            ("idempotency_ttl", 0),
         ):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} ({FIELDS[name][0]}): must be at least {low}")

@@ -1,7 +1,8 @@
 """Fan-out for the Redis backend: a process hears only the channels it serves.
 
 Every push's script publishes a notification that carries the whole message
-(channel, etag, expiry, data), or a control, on the channel's own pub/sub
+(channel, etag, expiry, data; ``M`` instead of ``m`` when it also has an event
+name or a type), or a control, on the channel's own pub/sub
 channel (``redis_keys.events``). A process subscribes to a channel when its
 first local subscriber comes and unsubscribes a little while (``linger``)
 after the last one left, so a process decodes only the pushes it delivers.
@@ -298,6 +299,14 @@ class Fanout:
             key = etag_key(etag)
             if key is not None:
                 self.hand(Message(channel, key, data, int(expires) / 1000))
+        elif kind == "M":  # v1.1: a message with an event name or a type
+            channel, etag, expires, event, ctype, data = raw[1:].split("\n", 5)
+            key = etag_key(etag)
+            if key is not None:
+                msg = Message(
+                    channel, key, data, int(expires) / 1000, event=event or None, type=ctype or None
+                )
+                self.hand(msg)
         elif kind == "k":
             channel, keep = raw[1:].split("\n", 1)
             self.emit(Control("kicked", channel, keep or None))
@@ -399,7 +408,8 @@ class Fanout:
             expires = int(fields.get("x", "0")) / 1000
             data = fields.get("d", "")
             if data and expires > now:
-                self.hand(Message(channel, key, data, expires))
+                event, ctype = fields.get("e") or None, fields.get("t") or None
+                self.hand(Message(channel, key, data, expires, event=event, type=ctype))
             else:
                 self.seen[channel] = key
 

@@ -41,6 +41,11 @@ class KeyNames:
         processes that have subscribers on it (not a key; in the channel's slot)."""
         return f"{self.prefix}:{{{name}}}:e"
 
+    def idempotency(self, name: str) -> list[str]:
+        """i ix: the answers to pushes that gave an Idempotency-Key, and when each expires."""
+        base = f"{self.prefix}:{{{name}}}:"
+        return [base + "i", base + "ix"]
+
     def clock(self, key: str) -> str:
         """The id clock of the slot ``key`` is in."""
         if not self._per_slot:
