@@ -13,8 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServerThread, redis_url, sse
+from conftest import ServerThread, redis_url, sse, wait_for
 from martd_asgi import create_app
+from martd_asgi.backends.base import Control, Event
+from martd_asgi.backends.redis import RedisBackend
+from martd_asgi.channels import PushAttributes
 from redis_servers import redis_servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -170,3 +173,23 @@ async def test_redis_cluster_interest_moves_between_processes_while_pushes_flow(
     with redis_servers() as servers:
         nodes = servers.cluster()
         await interest_moves_while_pushes_flow(f"{nodes[0].url}?cluster=1", pushes=60)
+
+
+async def test_redis_one2one_switched_on_before_a_process_subscribed_kicks_its_subscriber() -> None:
+    with redis_url() as url:
+        listener, pusher = RedisBackend(url), RedisBackend(url)
+        events: list[Event] = []
+        await pusher.start(lambda event: None)
+        try:
+            await pusher.publish("duo", "x", PushAttributes(), server=True)
+            await pusher.attach("duo", "first")
+            await listener.attach("duo", "second")  # counted, but not subscribed yet
+            await pusher.publish("duo", "", PushAttributes(one2one=True), server=True)
+            await listener.start(events.append)  # subscribes, and catches up
+            await wait_for(lambda: bool(events))
+            assert events == [Control("kicked", "duo", "first")]
+            await listener.detach("duo", "second")
+            await pusher.detach("duo", "first")
+        finally:
+            await listener.aclose()
+            await pusher.aclose()

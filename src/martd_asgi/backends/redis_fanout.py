@@ -30,8 +30,9 @@ from typing import Any
 
 from redis.crc import key_slot
 
-from ..channels import ZERO, EtagKey, Message, etag_key, format_etag
+from ..channels import ZERO, EtagKey, Message, etag_key
 from .base import Control, Deliver
+from .redis_catchup import catch_up
 from .redis_links import Link
 
 log = logging.getLogger("martd.redis")
@@ -40,7 +41,6 @@ MAX_BACKOFF = 2.0
 LINGER = 5.0  # seconds a channel stays subscribed after its last local subscriber left
 SWEEP = 1.0  # seconds between looks for channels to leave
 BATCH = 200  # channels per (un)subscribe command and per catch-up round trip
-READ = 500  # stream entries per read while catching up
 
 
 class Fanout:
@@ -78,6 +78,7 @@ class Fanout:
         self._unconfirmed: dict[str, int] = {}  # channel -> commands Redis has not confirmed
         self._held: dict[str, list[str]] = {}  # channel catching up -> notifications meanwhile
         self._told: dict[str, EtagKey] = {}  # followed channel -> newest deletion reported
+        self.kicks: dict[str, str] = {}  # channel -> whom the catch-up under way let stay
         self._catch: dict[str, None] = {}  # channels to catch up, in order
         self._pump_wake = asyncio.Event()
         self._catch_wake = asyncio.Event()
@@ -355,64 +356,20 @@ class Fanout:
                 for channel in batch:
                     del self._catch[channel]
                 held = {channel: self._held.get(channel) for channel in batch}
+                self.kicks.clear()
                 await self.catch_up(batch)
                 for channel in batch:
                     mine = held[channel]
                     # (a channel left and subscribed again meanwhile holds a new list)
                     if mine is not None and self._held.get(channel) is mine:
                         del self._held[channel]
+                        told = self.kicks.get(channel)
                         for raw in mine:
+                            if told is not None and raw == f"k{channel}\n{told}":
+                                told = None  # the switch the catch-up told of: once
+                                continue
                             self.handle(raw)
 
     async def catch_up(self, channels: list[str]) -> None:
         """Hand over what was pushed while notifications could not reach us."""
-        now = time.time()
-        channels = [c for c in channels if c in self.seen]
-        if not channels:
-            return
-        async with self.client.pipeline(transaction=False) as pipe:
-            for channel in channels:
-                info, stream = self.keys(channel)[:2]
-                if self.gone_key is not None:
-                    pipe.get(self.gone_key(channel))
-                else:
-                    pipe.echo("")
-                pipe.hget(info, "droppedl")
-                pipe.xrange(stream, min=_after(self.seen[channel]), max="+", count=READ)
-            replies = await pipe.execute()
-        for index, channel in enumerate(channels):
-            deleted_at, dropped_at, entries = replies[3 * index : 3 * index + 3]
-            deleted = etag_key(deleted_at or "")
-            seen = self.seen.get(channel)
-            if deleted is not None and seen is not None and ZERO < seen <= deleted:
-                # Deleted while we could not hear it (perhaps created again since,
-                # with ids above all of the deleted channel's).
-                self.gone(channel, deleted)
-            dropped = etag_key(dropped_at or "0-0") or ZERO
-            if channel in self.seen and dropped > self.seen[channel]:
-                # Evicted or expired before we could hand it over: say so.
-                self.emit(Control("missed", channel))
-            while entries and channel in self.seen:
-                self._hand_entries(channel, entries, now)
-                if len(entries) < READ or channel not in self.seen:
-                    break
-                stream = self.keys(channel)[1]
-                start = _after(self.seen[channel])
-                entries = await self.client.xrange(stream, min=start, max="+", count=READ)
-
-    def _hand_entries(self, channel: str, entries: Any, now: float) -> None:
-        for ident, fields in entries:
-            key = etag_key(ident)
-            if key is None or channel not in self.seen or key <= self.seen[channel]:
-                continue
-            expires = int(fields.get("x", "0")) / 1000
-            data = fields.get("d", "")
-            if data and expires > now:
-                event, ctype = fields.get("e") or None, fields.get("t") or None
-                self.hand(Message(channel, key, data, expires, event=event, type=ctype))
-            else:
-                self.seen[channel] = key
-
-
-def _after(seen: EtagKey) -> str:
-    return "-" if seen == ZERO else "(" + format_etag(seen)
+        await catch_up(self, channels)
