@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -53,16 +52,19 @@ def cpu(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def server(impl: str) -> Iterator[tuple[int, int]]:
+def server(impl: str, deflate: bool = True) -> Iterator[tuple[int, int]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = os.environ | {"MARTD_BACKEND": "memory", "MARTD_GC_TUNE": "0"}
+    log = os.environ.get("WS_BENCH_LOG")
+    command = [sys.executable, "-W", "ignore", "-m", "uvicorn", "martd_asgi:app"]
+    command += ["--port", str(port), "--ws", impl, "--log-level", log or "error"]
+    command += ["--no-access-log", "--ws-ping-interval", "0"]
+    command += ["--ws-per-message-deflate", "true" if deflate else "false"]
     proc = subprocess.Popen(
-        [sys.executable, "-W", "ignore", "-m", "uvicorn", "martd_asgi:app", "--port", str(port),
-         "--ws", impl, "--log-level", os.environ.get("WS_BENCH_LOG", "error"), "--no-access-log", "--ws-ping-interval", "0"],
-        env=env, stdout=subprocess.DEVNULL, stderr=None if os.environ.get("WS_BENCH_LOG") else subprocess.DEVNULL,
-    )  # fmt: skip
+        command, env=env, stdout=subprocess.DEVNULL, stderr=None if log else subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -162,18 +164,25 @@ def main() -> None:
     parser.add_argument("--pushes", type=int, default=40)
     parser.add_argument("--pings", type=int, default=3000)
     parser.add_argument("--flood", type=float, default=3.0)
+    parser.add_argument("--impls", nargs="+", default=IMPLS, help="which --ws to measure")
+    parser.add_argument(
+        "--deflate", choices=("on", "off", "both"), default="on",
+        help="permessage-deflate offered by the server (martd serve turns it off)",
+    )
     args = parser.parse_args()
     rows = []
-    for impl in IMPLS:
-        with server(impl) as (pid, port):
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.deflate]
+    for impl, deflate in [(i, d) for i in args.impls for d in modes]:
+        label = impl if args.deflate == "on" else f"{impl}, deflate {'on' if deflate else 'off'}"
+        with server(impl, deflate) as (pid, port):
             per_socket, after, out_frame = asyncio.run(
                 idle_and_fanout(pid, port, args.sockets, args.pushes)
             )
             in_frame = asyncio.run(client_frames(pid, port, args.pings))
-        with server(impl) as (pid, port):
+        with server(impl, deflate) as (pid, port):
             growth, sent, outcome = ping_flood(pid, port, args.flood)
         rows.append(
-            f"| {impl} | {per_socket / 1024:.1f} KiB | {after / 1024:.1f} KiB "
+            f"| {label} | {per_socket / 1024:.1f} KiB | {after / 1024:.1f} KiB "
             f"| {out_frame * 1e6:.1f} µs "
             f"| {in_frame * 1e6:.1f} µs | +{growth:.1f} MiB, {sent / 2**20:.1f} MiB taken in, "
             f"{outcome} |"

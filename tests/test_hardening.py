@@ -327,3 +327,23 @@ def test_hardening_ping_flood_from_a_client_that_never_reads_is_bounded(tmp_path
 def rss(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_martd_serve_offers_no_websocket_compression(tmp_path: Path) -> None:
+    """Compression state was most of an idle WebSocket's memory: `martd serve` declines it."""
+    with martd_serve(tmp=tmp_path) as served:
+        sock = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+        with sock:
+            sock.sendall(
+                b"GET /martd/sub/calm HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                assert chunk, head
+                head += chunk
+        assert head.startswith(b"HTTP/1.1 101")
+        assert b"sec-websocket-extensions" not in head.lower()

@@ -58,6 +58,10 @@ def build_app(
     from .proxy import ProxyMiddleware, check_prefix
 
     prefix = check_prefix(prefix)
+    hook = settings.get("auth_url") or os.environ.get("MARTD_AUTH_URL") or ""
+    if upstream and hook.startswith("/") and not hook.startswith("//"):
+        # The auth hook is naturally the site itself: a path means "on the upstream".
+        settings["auth_url"] = upstream.rstrip("/") + hook
     martd = create_app(**settings)
     index = f"{prefix}/demo" if martd.settings.demo else None
     return ProxyMiddleware(
@@ -103,9 +107,14 @@ def build_config(
         raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--prefix") from None
     backend = backend or os.environ.get("MARTD_BACKEND") or "memory"
     try:
-        Settings.from_env(backend=backend)
+        checked = Settings.from_env(backend=backend)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if (checked.auth_url or "").startswith("/") and not upstream:
+        raise click.UsageError(
+            f"MARTD_AUTH_URL: {checked.auth_url!r} is a path on the site, which needs --upstream;"
+            " give a full http:// or https:// URL otherwise"
+        )
     if workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
     if workers > 1 and backend == "memory":
@@ -143,6 +152,9 @@ def build_config(
         # Chosen, not left to what is installed: see martd_asgi.protocols.
         "http": protocols.HTTP,
         "ws": protocols.WEBSOCKET,
+        # Pushes are small: compressing them costs more than it saves, and the
+        # compression state more than doubled an idle WebSocket's memory.
+        "ws_per_message_deflate": False,
     }
     if workers > 1:
         # Workers import the app by name, so hand them its options by environment.
@@ -153,9 +165,12 @@ def build_config(
             MARTD_UPSTREAM_TIMEOUT=str(upstream_timeout),
         )
         return uvicorn.Config("martd_asgi.cli:_serve_app", factory=True, workers=workers, **options)
-    app = build_app(
-        upstream=upstream, prefix=prefix, upstream_timeout=upstream_timeout, backend=backend
-    )
+    try:
+        app = build_app(
+            upstream=upstream, prefix=prefix, upstream_timeout=upstream_timeout, backend=backend
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     return uvicorn.Config(app, **options)
 
 

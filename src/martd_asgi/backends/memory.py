@@ -11,6 +11,7 @@ import heapq
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from ..channels import (
@@ -363,6 +364,9 @@ class MemoryBackend:
 
     def holds_channel(self, name: str) -> bool:
         return name in self._channels
+
+    def channel_names(self) -> Iterable[str]:
+        return self._channels.keys()
 
     def evict(self) -> None:
         """Drop the oldest messages of the largest channels until retained memory is

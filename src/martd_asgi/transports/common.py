@@ -153,6 +153,9 @@ class Subscription:
     cid_given: bool
     callback: str | None = None
     timeout: float = 30.0
+    # Who subscribes: the ``sub`` claim of the token, or the ``user`` the site's
+    # auth hook answered, that admitted a private channel; else None.
+    user: str | int | None = None
 
 
 def _etag_list(raw: str, count: int, source: str) -> list[str | None]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from ..authhook import check_subscribe
 from ..channels import History, etag_key
 from ..errors import MartdError, Unavailable
 from ..subscriber import Subscriber
@@ -43,7 +44,17 @@ async def subscribe(
             max_channels=app.settings.max_channels,
             poll_timeout=app.settings.poll_timeout,
         )
-        app.authority.check_subscribe(request.scope, request.headers, request.query, req.channels)
+        granted = await check_subscribe(
+            app.authority,
+            app.hook,
+            request.scope,
+            request.headers,
+            request.query,
+            req.channels,
+            req.cid if req.cid_given else None,
+        )
+        if granted is not None:
+            req.user = granted.user
         if app.closing:
             raise Unavailable("server: shutting down; reconnect", retry_after=1)
         address = app.limits.admit(request.scope, request.headers, request.query, req.channels)

@@ -46,6 +46,7 @@ from ..channels import (
 )
 from ..errors import BadRequest, Forbidden, MartdError, PayloadTooLarge, Unavailable
 from ..subscriber import Subscriber, _uncancel
+from . import publish
 from .common import Receive, Request, Send, Subscription
 from .subscribe import session
 
@@ -152,7 +153,7 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
             idem_key = idempotency.check_key(_text(body["idempotency_key"]))
         ttl = app.settings.idempotency_ttl
         idem = idempotency.make(idem_key, data, attrs, event, content_type, ttl)
-        server = app.authority.is_server(request.scope, request.headers, request.query, channel)
+        server, attrs = await publish.rights(app, request, channel, attrs)
         if not server and attrs.key is None:
             raise Forbidden("key: not a server; pushing needs the channel's key", field="key")
         if not server:
