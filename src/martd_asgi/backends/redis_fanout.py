@@ -56,7 +56,7 @@ class Fanout:
         self.keys = keys  # a channel's keys: hash, stream, ...
         self.events = events  # a channel's pub/sub channel
         self.sharded = sharded  # Redis Cluster: sharded pub/sub, a link per shard
-        self.publish = "SPUBLISH" if sharded else "PUBLISH"
+        self._notify = "SPUBLISH" if sharded else "PUBLISH"  # what the scripts call
         self.gone_key: Callable[[str], str] | None = None  # where a deletion is noted
         self.deliver: Deliver = lambda event: None
         self.linger = LINGER
@@ -87,7 +87,7 @@ class Fanout:
 
     def target(self, channel: str) -> str:
         """How a script notifies ``channel``'s followers: the command and the pub/sub channel."""
-        return f"{self.publish} {self.events(channel)}"
+        return f"{self._notify} {self.events(channel)}"
 
     # ------------------------------------------------------------- channels
 
