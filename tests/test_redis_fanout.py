@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServerThread, redis_url, sse, wait_for
+from conftest import SSE, ServerThread, redis_url, sse, wait_for
 from martd_asgi import create_app
 from martd_asgi.backends.base import Control, Event
 from martd_asgi.backends.redis import RedisBackend
@@ -118,7 +118,7 @@ async def interest_moves_while_pushes_flow(url: str, pushes: int = 120) -> None:
 
             async def push(name: str) -> None:
                 for i in range(1, pushes + 1):
-                    answer = await both[i % 2].post(f"/pub/{name}", content=str(i))
+                    answer = await both[i % 2].post(f"/pub/{name}?size=1000", content=str(i))
                     assert answer.status_code == 200, answer.text
 
             async def long_poll(name: str) -> None:
@@ -193,3 +193,98 @@ async def test_redis_one2one_switched_on_before_a_process_subscribed_kicks_its_s
         finally:
             await listener.aclose()
             await pusher.aclose()
+
+
+async def test_redis_restarted_while_subscribers_hop_between_processes_loses_nothing() -> None:
+    """Redis stops and comes back while pushes flow and readers hop between the two
+    processes by etag: each reader gets every message of its channel, in order, once,
+    across the outage (during which subscribing is answered 503)."""
+    names = ["r1", "r2"]
+    with redis_servers() as servers:
+        redis = servers.durable()
+        with two_martds(redis.url) as martds:
+            async with clients(*martds) as both:
+                first = {}
+                for name in names:
+                    answer = await both[0].post(f"/pub/{name}?size=1000", content="start")
+                    first[name] = answer.json()["etag"]
+                got: dict[str, list[list[str]]] = {name: [[], []] for name in names}
+                final: dict[str, str] = {}
+                stop = asyncio.Event()
+                refused: set[int] = set()
+
+                async def push(name: str) -> None:
+                    for i in itertools.count():
+                        if stop.is_set():
+                            return
+                        with contextlib.suppress(httpx.HTTPError):
+                            answer = await both[i % 2].post(f"/pub/{name}?size=1000", content=str(i))
+                            if answer.status_code not in (200, 201):
+                                refused.add(answer.status_code)
+                                await asyncio.sleep(0.02)
+
+                async def long_poll(name: str) -> None:
+                    etag, mine = first[name], got[name][0]
+                    for hop in itertools.count():
+                        if final.get(name) == etag:
+                            return
+                        params = {"etag": etag, "timeout": "1"}
+                        try:
+                            answer = await both[hop % 2].get(f"/sub/{name}", params=params)
+                        except httpx.HTTPError:
+                            continue
+                        if answer.status_code != 200:
+                            await asyncio.sleep(0.02)  # 503 while Redis is away
+                            continue
+                        entry = answer.json()["channels"].get(name)
+                        if entry is None:  # the poll's timeout, while Redis is away
+                            continue
+                        assert not entry["missed"], entry
+                        mine += [m["etag"] for m in entry["messages"]]
+                        etag = mine[-1] if mine else etag
+
+                async def hop_sse(name: str) -> None:
+                    etag, mine = first[name], got[name][1]
+                    for hop in itertools.count():
+                        if final.get(name) == etag:
+                            return
+                        headers = {"accept": "text/event-stream", "last-event-id": etag}
+                        try:
+                            async with both[hop % 2].stream(
+                                "GET", f"/sub/{name}", headers=headers
+                            ) as response:
+                                if response.status_code != 200:
+                                    await asyncio.sleep(0.02)  # 503 while Redis is away
+                                    continue
+                                stream = SSE(response)
+                                for _ in range(1 + hop % 5):
+                                    event = await stream.next(2)
+                                    assert "event" not in event, event  # no control event
+                                    mine.append(event["id"])
+                                    etag = event["id"]
+                        except (httpx.HTTPError, TimeoutError, EOFError):
+                            await asyncio.sleep(0.02)
+
+                def progress() -> int:
+                    return min(len(lists[0]) + len(lists[1]) for lists in got.values())
+
+                pushing = [asyncio.ensure_future(push(n)) for n in names]
+                reading = [asyncio.ensure_future(f(n)) for n in names for f in (long_poll, hop_sse)]
+                try:
+                    await wait_for(lambda: progress() >= 30, timeout=10)
+                    redis.stop()
+                    await wait_for(lambda: 503 in refused, timeout=10)
+                    redis.start()
+                    before = progress()
+                    await wait_for(lambda: progress() >= before + 30, timeout=20)
+                finally:
+                    stop.set()
+                    await asyncio.gather(*pushing)
+                truth = {}
+                for name in names:
+                    answer = await both[0].get(f"/sub/{name}", params={"etag": first[name]})
+                    truth[name] = [m["etag"] for m in answer.json()["channels"][name]["messages"]]
+                    final[name] = truth[name][-1]
+                await asyncio.wait_for(asyncio.gather(*reading), 30)
+                for name in names:
+                    assert got[name] == [truth[name], truth[name]], name
