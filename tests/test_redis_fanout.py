@@ -175,6 +175,13 @@ async def test_redis_cluster_interest_moves_between_processes_while_pushes_flow(
         await interest_moves_while_pushes_flow(f"{nodes[0].url}?cluster=1", pushes=60)
 
 
+async def test_redis_sentinel_interest_moves_between_processes_while_pushes_flow() -> None:
+    with redis_servers() as servers:
+        sentinel = servers.sentinel(servers.server(), "themaster")
+        url = f"redis://127.0.0.1:{sentinel.port}/0?sentinel=themaster"
+        await interest_moves_while_pushes_flow(url, pushes=60)
+
+
 async def test_redis_one2one_switched_on_before_a_process_subscribed_kicks_its_subscriber() -> None:
     with redis_url() as url:
         listener, pusher = RedisBackend(url), RedisBackend(url)
