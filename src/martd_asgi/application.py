@@ -66,9 +66,11 @@ class MartdApp:
             max_backlog_bytes=settings.sub_buffer_bytes,
             stall=settings.sub_stall,
             ping=settings.ping,
+            presence_rate=settings.presence_rate,
         )
         self.router.sndbuf = settings.sub_sndbuf
-        self.backend: Backend = make_backend(settings.backend, hold=settings.hold)
+        lease = {"lease": settings.lease} if settings.backend != "memory" else {}
+        self.backend: Backend = make_backend(settings.backend, hold=settings.hold, **lease)
         configure_backend(self.backend, settings)
         self.limits = Limits(settings, self.authority, self.router, self.backend)
         self.log = logging.getLogger("martd")
@@ -166,6 +168,7 @@ class MartdApp:
         one2one: bool | None = None,
         key: str | None = None,
         *,
+        presence: bool | None = None,
         event: str | None = None,
         content_type: str | None = None,
     ) -> str:
@@ -178,7 +181,7 @@ class MartdApp:
         """
         await self.startup()
         check_name(channel)
-        given = {"size": size, "life": life, "one2one": one2one}
+        given = {"size": size, "life": life, "one2one": one2one, "presence": presence}
         query = {name: str(value).lower() for name, value in given.items() if value is not None}
         if key is not None:
             query["key"] = key

@@ -25,7 +25,15 @@ from typing import Any
 
 from .config import Network, Settings
 from .errors import Forbidden, Unauthorized
-from .tokens import LEEWAY, MIN_SECRET_BYTES, Grants, InvalidToken, patterns, verify_token
+from .tokens import (
+    LEEWAY,
+    MIN_SECRET_BYTES,
+    Grants,
+    InvalidToken,
+    User,
+    patterns,
+    verify_token,
+)
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -276,6 +284,14 @@ class Authority:
         if action == "subscribe":
             return found.may_subscribe(channel)
         return False
+
+    def user(self, headers: Mapping[str, str], query: Mapping[str, str]) -> User:
+        """Who the request's valid tokens say their bearer is (``sub``), if they do."""
+        try:
+            found = self.token_grants(headers, query)
+        except InvalidToken:
+            return None
+        return None if found is None else found.user
 
     def is_private(self, channel: str) -> bool:
         namespace = self.settings.namespaces.of(channel)

@@ -412,6 +412,9 @@ def _where_is_martd(url: str) -> str:
 @click.option("--size", type=int, help="Messages the channel keeps (1..10000, default 10).")
 @click.option("--life", type=int, help="Seconds a message is kept (default 3600).")
 @click.option("--one2one/--no-one2one", default=None, help="At most one subscriber.")
+@click.option(
+    "--presence/--no-presence", default=None, help="Tell subscribers who joins and leaves."
+)
 @click.option("--key", help="The channel's key (needed by non-servers, and on keyed channels).")
 @click.option("--event", help="The message's event name (SSE `event:`), [A-Za-z0-9_.:-]{1,64}.")
 @click.option("--type", "content_type", help="The message's type, sent as its Content-Type.")
@@ -430,6 +433,7 @@ def pub_command(
     size: int | None,
     life: int | None,
     one2one: bool | None,
+    presence: bool | None,
     key: str | None,
     event: str | None,
     content_type: str | None,
@@ -465,6 +469,7 @@ def pub_command(
                 life=life,
                 one2one=one2one,
                 key=key,
+                presence=presence,
                 event=event,
                 content_type=content_type,
                 idempotency_key=idempotency_key,

@@ -105,6 +105,16 @@ FIELDS: dict[str, tuple[str, str]] = {
         " (`0`: no limit)",
     ),
     "log_format": ("MARTD_LOG_FORMAT", "`text`, or `json` for one JSON object per log line"),
+    "lease": (
+        "MARTD_LEASE",
+        "Redis backend: seconds a process's subscribers and presence stay counted without"
+        " renewal; a crashed process's clients leave within it",
+    ),
+    "presence_rate": (
+        "MARTD_PRESENCE_RATE",
+        "frames per second that one channel's join/leave events may cost in one process"
+        " (each event costs one frame per subscriber told)",
+    ),
     "namespaces": (
         "MARTD_NAMESPACES",
         "a JSON object, or the path of a JSON file, mapping a namespace NS to settings for every"
@@ -161,6 +171,8 @@ class Settings:
     push_burst: int = 40
     max_retained_bytes: int = 256 * 1024 * 1024
     log_format: str = "text"
+    lease: float = 30.0
+    presence_rate: float = 5_000.0
     namespaces: Namespaces = EMPTY
     auth_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
     auth_timeout: float = 5.0
@@ -191,6 +203,8 @@ class Settings:
             ("push_rate", 0),
             ("push_burst", 1),
             ("max_retained_bytes", 0),
+            ("lease", 0.3),
+            ("presence_rate", 1),
             ("auth_timeout", 0.05),
             ("idempotency_ttl", 0),
         ):

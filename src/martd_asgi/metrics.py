@@ -127,6 +127,19 @@ class Metrics:
                 "Redis backend: notifications received (pushes to channels with subscribers here)",
                 registry=r,
             ),
+            "presence_events": Counter(
+                "martd_presence_events", "Join and leave events told to subscribers", registry=r
+            ),
+            "presence_frames": Counter(
+                "martd_presence_frames",
+                "Frames that carried join and leave events to subscribers",
+                registry=r,
+            ),
+            "presence_joins_untold": Counter(
+                "martd_presence_joins_untold",
+                "Joins not told because their channel spent its presence budget",
+                registry=r,
+            ),
         }
         self.rejects = Counter(
             "martd_rejected_requests",

@@ -31,6 +31,7 @@ from typing import Any
 from redis.crc import key_slot
 
 from ..channels import ZERO, EtagKey, Message, etag_key
+from ..presence import JOIN, LEAVE, Client, PresenceEvent
 from .base import Control, Deliver
 from .redis_catchup import catch_up
 from .redis_links import Link
@@ -69,6 +70,8 @@ class Fanout:
         self.heard = 0  # notifications received: what following only what is read saves
         # Called after each reconnection, e.g. to restore leases a restart lost.
         self.on_reconnect: Callable[[], None] = lambda: None
+        # Called when a push switched a channel's presence on or off.
+        self.on_presence: Callable[[str], None] = lambda channel: None
         # The subscriptions of the current connection(s); all forgotten when they break.
         self._todo: dict[str, None] = {}  # channels to subscribe to, in order
         self._links: dict[str, Link] = {}  # by node name ("" for a single Redis)
@@ -314,6 +317,13 @@ class Fanout:
         elif kind == "d":
             channel, _, last = raw[1:].partition("\n")
             self.gone(channel, etag_key(last) or ZERO)
+        elif kind in ("j", "l"):
+            channel, text = raw[1:].split("\n", 1)
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                client = Client.loads(text)
+                self.emit(PresenceEvent(JOIN if kind == "j" else LEAVE, channel, client))
+        elif kind == "P":
+            self.on_presence(raw[1:])
 
     def hand(self, msg: Message) -> None:
         """Deliver a message once, in order, to the local subscribers of its channel."""
@@ -339,7 +349,7 @@ class Fanout:
             self.seen[channel] = ZERO
         self.emit(Control("deleted", channel))
 
-    def emit(self, event: Message | Control) -> None:
+    def emit(self, event: Message | Control | PresenceEvent) -> None:
         try:
             self.deliver(event)
         except Exception:  # one bad subscriber must not stop the listener

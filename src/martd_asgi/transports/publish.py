@@ -11,6 +11,7 @@ from ..channels import (
     check_event,
     check_name,
     message_type,
+    parse_bool,
     parse_push_attributes,
 )
 from ..errors import Forbidden, MartdError, NotFound
@@ -94,10 +95,14 @@ async def _hook_grants_publish(
 async def info(app: MartdApp, request: Request, channel: str, send: Send) -> None:
     check_name(channel)
     app.require_server(request, channel)
+    listing = parse_bool("presence", request.query.get("presence", "0"))
     found = await app.backend.info(channel)
     if found is None:
         raise NotFound(f"channel: {channel!r} does not exist", channel=channel)
-    await send_json(send, 200, found.body())
+    body = found.body()
+    if listing:
+        body["clients"] = [client.body() for client in await app.backend.clients(channel)]
+    await send_json(send, 200, body)
 
 
 async def delete(app: MartdApp, request: Request, channel: str, send: Send) -> None:

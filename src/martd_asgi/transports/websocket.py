@@ -13,7 +13,7 @@ Server to client, text frames of JSON:
 
 Client to server: ``{"type": "pub", "channel": C, "data": D, "key": K, "id": N}``
 pushes exactly like ``POST /pub/C?key=K`` by the same client (``size``,
-``life``, ``one2one`` and ``event`` may be given as in the query string,
+``life``, ``one2one``, ``presence`` and ``event`` may be given as in the query string,
 ``content_type`` as the Content-Type header and ``idempotency_key`` as the
 Idempotency-Key header); ``{"type": "ping"}``.
 
@@ -143,7 +143,9 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
         if len(data.encode()) > app.settings.max_payload:
             raise PayloadTooLarge(f"payload: larger than {app.settings.max_payload} bytes")
         given: dict[str, str] = {
-            name: _text(body[name]) for name in ("size", "life", "one2one", "key") if name in body
+            name: _text(body[name])
+            for name in ("size", "life", "one2one", "key", "presence")
+            if name in body
         }
         attrs = parse_push_attributes(given)
         event = check_event(_text(body["event"])) if "event" in body else None
