@@ -153,6 +153,7 @@ class Subscription:
     cid_given: bool
     callback: str | None = None
     timeout: float = 30.0
+    json: bool = False  # ?format=json: SSE events carry JSON message objects
 
 
 def _etag_list(raw: str, count: int, source: str) -> list[str | None]:
@@ -205,6 +206,10 @@ def parse_subscription(
     if transport == "jsonp" and callback is None:
         raise BadRequest("callback: required for the jsonp transport")
 
+    fmt = query.get("format")
+    if fmt is not None and fmt != "json":
+        raise BadRequest("format: must be json (or left out)")
+
     etags: list[str | None] = [None] * len(channels)
     if headers.get("last-event-id", "").strip():
         etags = _etag_list(headers["last-event-id"], len(channels), "Last-Event-ID")
@@ -241,4 +246,5 @@ def parse_subscription(
         cid_given=cid is not None,
         callback=callback,
         timeout=timeout,
+        json=fmt == "json",
     )

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..channels import History, etag_key
+from ..connection import close_delimited
 from ..errors import MartdError, Unavailable
 from ..subscriber import Subscriber
 from . import longpoll, sse
@@ -130,7 +131,7 @@ async def session(
 
 def _subscriber(app: MartdApp, req: Subscription, send: Send) -> Subscriber:
     if req.transport == "sse":
-        return sse.SSESubscriber(send, req.channels, req.cid, app.router)
+        return sse.SSESubscriber(send, req.channels, req.cid, app.router, json=req.json)
     if req.transport == "jsonp":
         assert req.callback is not None  # parse_subscription requires one for jsonp
         return longpoll.JSONPSubscriber(
@@ -142,13 +143,16 @@ def _subscriber(app: MartdApp, req: Subscription, send: Send) -> Subscriber:
 async def run(
     app: MartdApp, request: Request, req: Subscription, receive: Receive, send: Send
 ) -> None:
+    http10 = req.transport == "sse" and request.scope.get("http_version") == "1.0"
+    if http10:
+        send = close_delimited(send)
     make = functools.partial(_subscriber, app, req, send)
     async with session(app, request, req, send, make) as started:
         if started is None:
             return
         sub, found = started
         if req.transport == "sse":
-            await sse.begin(sub, found, send, req.etags)
+            await sse.begin(sub, found, send, req.etags, close=http10)
         else:
             deadline = time.monotonic() + req.timeout
             await longpoll.begin(sub, found, deadline=deadline, router=app.router)

@@ -125,6 +125,8 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
         check_name(channel)
         if not isinstance(data, str):
             raise BadRequest("data: a pub frame carries its payload as a string", field="data")
+        if not _well_formed(data):
+            raise BadRequest("data: not valid UTF-8 (a lone surrogate)", field="data")
         if len(data.encode()) > app.settings.max_payload:
             raise PayloadTooLarge(f"payload: larger than {app.settings.max_payload} bytes")
         given: dict[str, str] = {
@@ -149,6 +151,15 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
     app.counters["published"] += 1
     app.counters["published_bytes"] += len(data.encode())
     return frame({"type": "ack", "id": ident, **result.body()})
+
+
+def _well_formed(text: str) -> bool:
+    # JSON can spell a lone surrogate ("\ud800"); UTF-8 cannot carry one
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text(value: Any) -> str:
