@@ -8,3 +8,4 @@ martd.config({ url: new URL(".", import.meta.url).href });
 export default martd;
 export var sub = martd.sub;
 export var pub = martd.pub;
+export var on = martd.on;
