@@ -170,7 +170,7 @@
 
   function call(sub, data, etag, meta) {
     if (sub.gone) return;
-    left(sub.channel, etag);
+    if (etag) left(sub.channel, etag);
     try { sub.cb(data, etag, meta || {}); } catch (e) { later(function () { throw e; }); }
   }
 
@@ -234,7 +234,7 @@
     }
   }
 
-  // The server refused a channel (401, 403, 409): only its subscriptions end.
+  // The server refused a channel (401, 403, 409, 410): only its subscriptions end.
   function refuse(channel, status, error) {
     var detail = { channel: channel, status: status, error: error };
     post({ t: "r", detail: detail });

@@ -141,7 +141,10 @@ async def begin(
             extra[channel] = _group(history.last_etag, [], history.missed)
         messages.extend(fresh)
     if messages or extra:
-        sub.respond(messages, extra)
+        # with what arrived while history was read (pushed after it, or after
+        # the subscription began for a channel given no etag)
+        queued = [item for item in sub.backlog or () if isinstance(item, Message)]
+        sub.respond(messages + sub.fresh(queued), extra)
     elif sub.ending:
         sub.end("shutdown")
     await sub.drain()
