@@ -162,6 +162,19 @@ async def test_raw_longpoll_resumes_after_a_timeout_with_nothing_lost(
             etag = group["etag"]
 
 
+async def test_raw_jsonp_timeout_names_every_channel(server: ServerThread) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        etag = (await client.post("/pub/jhas", content="kept")).json()["etag"]
+    status, _, body = await raw_get(server.port, "/sub/jnone,jhas?callback=cb&timeout=1")
+    assert status == 200 and body.startswith(b"cb(") and body.endswith(b");")
+    assert json.loads(body[3:-2]) == {
+        "channels": {
+            "jnone": {"etag": "0", "messages": [], "missed": False},
+            "jhas": {"etag": etag, "messages": [], "missed": False},
+        }
+    }
+
+
 # ---------------------------------------------------------- ?format=json
 
 
