@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ServerThread, sse
+from conftest import ServerThread, redis_url, sse
 from martd_asgi import create_app
 from opshelpers import metric, uvicorn_process
 
@@ -115,6 +116,41 @@ def test_metrics_multiprocess_mode_sums_workers(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, body
             time.sleep(0.2)
         assert len(list(tmp_path.glob("counter_*.db"))) >= 1
+
+
+def test_metrics_channels_on_redis_counted_once_under_several_workers(tmp_path: Path) -> None:
+    from prometheus_client.mmap_dict import MmapedDict
+
+    from martd_asgi.backends.redis import RedisBackend
+    from martd_asgi.channels import PushAttributes
+
+    async def push(url: str) -> None:
+        backend = RedisBackend(url)
+        try:
+            for name in ("a", "b", "c"):
+                await backend.publish(name, "x", PushAttributes(life=60), server=True)
+        finally:
+            await backend.aclose()
+
+    def counted() -> list[float]:
+        """martd_channels as each worker last wrote it."""
+        found = []
+        for path in tmp_path.glob("gauge_*.db"):
+            for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+                if json.loads(key)[0] == "martd_channels":
+                    found.append(value)
+        return found
+
+    with redis_url() as url:
+        asyncio.run(push(url))
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "MARTD_BACKEND": url}
+        with uvicorn_process(env, "--workers", "2") as server:
+            deadline = time.monotonic() + 10
+            while counted() != [3, 3]:  # both workers see the three channels
+                assert time.monotonic() < deadline, counted()
+                time.sleep(0.1)
+            body = httpx.get(f"{server.url}/metrics").text
+            assert metric(body, "martd_channels") == 3
 
 
 def test_logs_json_format_redacts_secrets() -> None:

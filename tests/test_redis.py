@@ -357,6 +357,50 @@ async def started(*backends: RedisBackend) -> AsyncIterator[None]:
             await one.aclose()
 
 
+async def test_redis_channel_deleted_unheard_is_reported_after_reconnect() -> None:
+    with redis_servers() as servers:
+        url = servers.server().url  # of its own: the test cuts pub/sub connections
+        listener, pusher = RedisBackend(url), RedisBackend(url)
+        events: list[Event] = []
+
+        def seen() -> list[tuple[str, str, str]]:
+            return [
+                ("message", e.channel, e.data)
+                if isinstance(e, Message)
+                else (e.kind, e.channel, "")
+                for e in events
+            ]
+
+        async with started(pusher):
+            for name in ("gone", "again", "kept"):
+                await pusher.publish(name, "old", PushAttributes(), server=True)
+                await listener.attach(name, "reader")  # subscribed, but hears nothing yet
+            assert await pusher.delete("gone")
+            assert await pusher.delete("again")
+            await pusher.publish("again", "new", PushAttributes(), server=True)
+            try:
+                await listener.start(events.append)  # connects, and catches up first
+                await wait_for(lambda: len(events) == 3)
+                assert seen() == [
+                    ("deleted", "gone", ""),
+                    ("deleted", "again", ""),
+                    ("message", "again", "new"),
+                ]
+                # A deletion heard as it happened is not told again after a reconnect.
+                assert await pusher.delete("kept")
+                await wait_for(lambda: len(events) == 4)
+                cut = listener._fanout.reconnects
+                await pusher._client.client_kill_filter(_type="pubsub")
+                await wait_for(
+                    lambda: listener._fanout.reconnects > cut and listener._fanout.listening
+                )
+                await pusher.publish("kept", "after", PushAttributes(), server=True)
+                await wait_for(lambda: len(events) == 5)
+                assert seen()[3:] == [("deleted", "kept", ""), ("message", "kept", "after")]
+            finally:
+                await listener.aclose()
+
+
 async def test_redis_leases_renewed_while_subscribers_stay(backend: str) -> None:
     # Two processes with a 1 s lease: what the first holds must outlive the lease.
     first, second = RedisBackend(backend, lease=1.0, hold=0.3), RedisBackend(backend, lease=1.0)

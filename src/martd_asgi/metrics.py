@@ -76,11 +76,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # Workers on a shared backend (Redis) each count all of its channels: take
+        # that count once, not once per worker.
+        shared = bool(getattr(app.backend, "shared", False))
         self.channels = Gauge(
             "martd_channels",
-            "Channels stored by this process's backend",
+            "Channels the backend stores (memory backend: this process)",
             registry=r,
-            multiprocess_mode="livesum",
+            multiprocess_mode="livemax" if shared else "livesum",
         )
         self.subscribed = Gauge(
             "martd_subscribed_channels",

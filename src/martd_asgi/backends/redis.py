@@ -35,7 +35,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..channels import (
-    MAX_LIFE,
     ZERO,
     History,
     Message,
@@ -49,6 +48,7 @@ from ..logs import redact
 from . import redis_lua
 from .base import ChannelInfo, Deliver, PublishResult
 from .redis_fanout import Fanout
+from .redis_keys import KeyNames
 
 log = logging.getLogger("martd.redis")
 
@@ -113,6 +113,7 @@ POOL_WAIT = 5.0
 
 class RedisBackend:
     name = "redis"
+    shared = True  # every process sees every channel (its stats count them all)
 
     def __init__(
         self,
@@ -129,14 +130,16 @@ class RedisBackend:
         # No retries: a retried script whose reply was lost would push twice.
         options.setdefault("retry", Retry(NoBackoff(), 0))
         self._client, self._prefix, self._others = connect(url, options)
+        from redis.asyncio.cluster import RedisCluster
+
+        self._names = KeyNames(self._prefix, cluster=isinstance(self._client, RedisCluster))
         self._fanout = Fanout(self._client, f"{self._prefix}:events", self._keys)
+        self._fanout.gone_key = self._names.gone
         self._renew_now = asyncio.Event()
         self._fanout.on_reconnect = self._renew_now.set
         self._node = secrets.token_hex(8)
         self._hold_ms = int(hold * 1000)
         self._lease_ms = int(lease * 1000)
-        self._keep_ms = max(self._lease_ms, self._hold_ms) + self._lease_ms
-        self._id_ttl_ms = 2 * MAX_LIFE * 1000
         self._refresh_every = lease / 3
         self._publish_wait = publish_wait
         register = self._client.register_script
@@ -158,12 +161,11 @@ class RedisBackend:
     # ---------------------------------------------------------------- keys
 
     def _keys(self, channel: str) -> list[str]:
-        """All keys of a channel: h s id n o (PUBLISH's KEYS)."""
-        base = f"{self._prefix}:{{{channel}}}:"
-        return [base + "h", base + "s", base + "id", base + "n", base + "o"]
+        """All keys of a channel: h s clock n o (PUBLISH's KEYS)."""
+        return self._names.channel(channel)
 
     def _keys_hsno(self, channel: str) -> list[str]:
-        """h s n o: the KEYS of ATTACH, DETACH, DELETE and REFRESH (no id)."""
+        """h s n o: the KEYS of ATTACH, DETACH, DELETE and REFRESH (no clock)."""
         keys = self._keys(channel)
         return [keys[0], keys[1], keys[3], keys[4]]
 
@@ -247,11 +249,18 @@ class RedisBackend:
             raise failed[0]
 
     async def _renew_one(self, channel: str) -> None:
-        cids = self._conns.get(channel, {})
-        live = [cid for cid, n in cids.items() if n > 0]
-        args = [self._node, sum(cids.values()), self._lease_ms, self._keep_ms, *live]
-        await self._call(self._refresh, self._keys_hsno(channel), args)
-        self._dirty.discard(channel)
+        # A subscriber that came or left while the script was on its way may have
+        # been counted by Redis before it ran: write the count again, or a lease
+        # would stand for connections that are gone.
+        for _ in range(3):
+            cids = dict(self._conns.get(channel, {}))
+            live = [cid for cid, n in cids.items() if n > 0]
+            args = [self._node, sum(cids.values()), self._lease_ms, *live]
+            await self._call(self._refresh, self._keys_hsno(channel), args)
+            if self._conns.get(channel, {}) == cids:
+                self._dirty.discard(channel)
+                return
+        self._dirty.add(channel)
 
     # ------------------------------------------------------------------ pushes
 
@@ -276,7 +285,6 @@ class RedisBackend:
             given(attrs.life),
             given(attrs.one2one),
             self._lease_ms,
-            self._id_ttl_ms,
         ]
         reply = await self._call(self._publish, self._keys(channel), args)
         if reply[0] == "err":
@@ -315,9 +323,8 @@ class RedisBackend:
         )
 
     async def delete(self, channel: str) -> bool:
-        reply = await self._call(
-            self._delete, self._keys_hsno(channel), [self._fanout.events, channel]
-        )
+        keys = [*self._keys_hsno(channel), self._names.gone(channel)]
+        reply = await self._call(self._delete, keys, [self._fanout.events, channel])
         return bool(reply)
 
     # ------------------------------------------------------------- subscribers
@@ -354,7 +361,7 @@ class RedisBackend:
         cids = self._conns.setdefault(channel, {})
         cids[cid] = cids.get(cid, 0) + 1
         try:
-            args = [cid, self._node, 1, self._lease_ms, self._keep_ms]
+            args = [cid, self._node, 1, self._lease_ms]
             reply = await self._call(self._attach, self._keys_hsno(channel), args)
         except BaseException:
             self._forget(channel, cid)

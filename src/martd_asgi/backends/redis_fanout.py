@@ -34,6 +34,7 @@ class Fanout:
         self.client = client
         self.events = events
         self.keys = keys  # a channel's keys: hash, stream, ...
+        self.gone_key: Callable[[str], str] | None = None  # where a deletion is noted
         self.deliver: Deliver = lambda event: None
         # channels with local subscribers -> newest id handed to the router
         self.seen: dict[str, EtagKey] = {}
@@ -134,7 +135,7 @@ class Fanout:
             channel, keep = raw[1:].split("\n", 1)
             self.emit(Control("kicked", channel, keep or None))
         elif kind == "d":
-            self.emit(Control("deleted", raw[1:]))
+            self.gone(raw[1:])
 
     def hand(self, msg: Message) -> None:
         """Deliver a message once, in order, to the local subscribers of its channel."""
@@ -150,6 +151,12 @@ class Fanout:
                 if key <= msg.key and not fut.done():
                     fut.set_result(None)
 
+    def gone(self, channel: str) -> None:
+        """The channel was deleted: say so; whatever comes next is a new channel."""
+        if channel in self.seen:
+            self.seen[channel] = ZERO
+        self.emit(Control("deleted", channel))
+
     def emit(self, event: Message | Control) -> None:
         try:
             self.deliver(event)
@@ -161,6 +168,13 @@ class Fanout:
         now = time.time()
         for channel in list(self.seen):
             info, stream = self.keys(channel)[:2]
+            if self.gone_key is not None:
+                deleted = etag_key(await self.client.get(self.gone_key(channel)) or "")
+                seen = self.seen.get(channel)
+                if deleted is not None and seen is not None and ZERO < seen <= deleted:
+                    # Deleted while we could not hear it (perhaps created again since,
+                    # with ids above all of the deleted channel's).
+                    self.gone(channel)
             dropped = etag_key(await self.client.hget(info, "droppedl") or "0-0") or ZERO
             if channel in self.seen and dropped > self.seen[channel]:
                 # Evicted or expired before we could hand it over: say so.

@@ -3,15 +3,19 @@
 A script runs atomically, so pushes from many processes get one order and
 etags that never collide. Every key a script touches belongs to one channel
 and carries its ``{name}`` hash tag, so a channel lives in one Redis Cluster
-slot. Times are Redis's own clock (``TIME``), the same for every process.
+slot (the id clock, shared by the channels of a slot, is named to land in it).
+Times are Redis's own clock (``TIME``), the same for every process.
 
-Keys of a channel (see docs/scaling.md):
+Keys of a channel (see docs/scaling.md), each expiring with what it holds:
 
     h   hash    size life one2one key(sha256) first last dropped droppedl nx mx lx fifo
     s   stream  one entry per message: x (expiry, ms since the epoch), d (data)
-    id  string  the newest id given out; outlives the channel so ids never repeat
     n   hash    node -> "connections lease-expiry": subscribers per process
     o   hash    cid -> "arrival expiry" (one2one holds and their order), "#" -> counter
+    g   string  newest id of a deleted channel, while subscribers' leases on it last
+
+and the id clock of the slot (``redis_keys``), a string: the newest id given
+out there. It is the one key that outlives channels, so that ids only grow.
 """
 
 from __future__ import annotations
@@ -35,6 +39,31 @@ end
 
 local function fmt(n)
   return string.format('%d', n)
+end
+
+-- The next stream id: above every id this clock gave out, whatever TIME does,
+-- and above `last` (a stream's newest id, should the clock have been lost).
+local function next_id(clock, now, last)
+  local floor = redis.call('GET', clock) or '0-0'
+  if last and id_gt(last, floor) then floor = last end
+  local fm, fs = parse_id(floor)
+  local id
+  if now > fm then id = fmt(now) .. '-0' else id = fmt(fm) .. '-' .. fmt(fs + 1) end
+  redis.call('SET', clock, id)
+  return id
+end
+
+-- Let a key live until at least `at` (ms since the epoch); never shortens it.
+local function live_until(key, at, now)
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 or now + ttl < at then redis.call('PEXPIREAT', key, at) end
+end
+
+-- The arrival counter alone holds nothing: the holds key goes with its last hold.
+local function tidy_holds(o)
+  if redis.call('HLEN', o) == 1 and redis.call('HEXISTS', o, '#') == 1 then
+    redis.call('DEL', o)
+  end
 end
 
 -- Remove expired messages; keep track of the newest dropped ids for `missed`.
@@ -132,10 +161,11 @@ local function holder(o, now)
       end
     end
   end
+  tidy_holds(o)
   return best
 end
 
-local function touch_hold(o, cid, now, lease, keep_ms)
+local function touch_hold(o, cid, now, lease)
   local cur = redis.call('HGET', o, cid)
   local seq, exp
   if cur then
@@ -150,15 +180,25 @@ local function touch_hold(o, cid, now, lease, keep_ms)
   end
   if now + lease > exp then exp = now + lease end
   redis.call('HSET', o, cid, seq .. ' ' .. fmt(exp))
-  redis.call('PEXPIRE', o, keep_ms)
+  live_until(o, exp, now)
+end
+
+-- This process's subscribers on a channel, under a lease that lapses on its own.
+local function set_conns(n, node, conns, now, lease)
+  if conns > 0 then
+    redis.call('HSET', n, node, fmt(conns) .. ' ' .. fmt(now + lease))
+    live_until(n, now + lease, now)
+  else
+    redis.call('HDEL', n, node)
+  end
 end
 """
 
-# KEYS h s id n o; ARGV events channel data server size life one2one keyhash
-#   given_size given_life given_one2one lease_ms id_ttl_ms
+# KEYS h s clock n o; ARGV events channel data server size life one2one keyhash
+#   given_size given_life given_one2one lease_ms
 # -> {'ok', etag, subscribers, messages, created, kicked, keep}  or  {'err', reason}
 PUBLISH = r"""
-local h, s, idk, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local h, s, clock, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local events, channel, data = ARGV[1], ARGV[2], ARGV[3]
 local server = ARGV[4] == '1'
 local keyhash = ARGV[8]
@@ -189,13 +229,9 @@ end
 -- one2one comes on: on an existing channel, or on one created while clients wait on it
 local switched_on = one2one == '1' and ((exists and cur[3] ~= '1') or (not exists and subs > 0))
 
-local floor = redis.call('GET', idk) or '0-0'
-local fm, fs = parse_id(floor)
-local id
-if now > fm then id = fmt(now) .. '-0' else id = fmt(fm) .. '-' .. fmt(fs + 1) end
+local id = next_id(clock, now, exists and redis.call('HGET', h, 'last'))
 local x = now + tonumber(life) * 1000
 redis.call('XADD', s, id, 'x', fmt(x), 'd', data)
-redis.call('SET', idk, id, 'PX', ARGV[13])
 
 local dropped = cur[5] or '0-0'
 local droppedl = cur[6] or '0-0'
@@ -217,7 +253,15 @@ local nx = tonumber(cur[7] or '0')
 if nx == 0 or x < nx then nx = x end
 local mx = tonumber(cur[8] or '0')
 if x > mx then mx = x end
-if x < tonumber(cur[9] or '0') then redis.call('HSET', h, 'fifo', '0') end
+-- The keys go with the last message to expire: evicted ones no longer count.
+if len == 1 then
+  mx = x
+  redis.call('HSET', h, 'fifo', '1')
+elseif x < tonumber(cur[9] or '0') then
+  redis.call('HSET', h, 'fifo', '0')
+elseif not exists or redis.call('HGET', h, 'fifo') ~= '0' then
+  mx = x  -- in expiry order, the newest message goes last
+end
 if not exists then
   redis.call('HSET', h, 'first', id, 'fifo', '1')
   if keyhash ~= '' then redis.call('HSET', h, 'key', keyhash) end
@@ -232,6 +276,7 @@ if switched_on then
   for _, cid in ipairs(redis.call('HKEYS', o)) do
     if cid ~= '#' and cid ~= keep then redis.call('HDEL', o, cid) end
   end
+  tidy_holds(o)
   redis.call('PUBLISH', events, 'k' .. channel .. '\n' .. keep)
 end
 if data ~= '' then
@@ -272,34 +317,37 @@ if not given then return {last, 0, droppedl, redis.call('XRANGE', s, '-', '+')} 
 return {last, 1, droppedl, redis.call('XRANGE', s, '(' .. after, '+')}
 """
 
-# KEYS h s n o; ARGV events channel -> 1 deleted, 0 no such channel
+# KEYS h s n o g; ARGV events channel -> 1 deleted, 0 no such channel
 DELETE = r"""
-local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local h, s, n, o, g = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = now_ms()
 if not alive(h, s, n, now) then return 0 end
+-- A process that cannot hear the notification now learns of it when it
+-- reconnects, while its subscribers' lease on the channel lasts.
+local ttl = redis.call('PTTL', n)
+if ttl > 0 then redis.call('SET', g, redis.call('HGET', h, 'last') or '0-0', 'PX', ttl) end
 redis.call('DEL', h, s, o)
 redis.call('PUBLISH', ARGV[1], 'd' .. ARGV[2])
 return 1
 """
 
-# KEYS h s n o; ARGV cid node delta lease_ms keep_ms
+# KEYS h s n o; ARGV cid node delta lease_ms
 # -> {'ok', last} or {'conflict'}
 ATTACH = r"""
 local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cid, node = ARGV[1], ARGV[2]
-local lease, keep_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+local lease = tonumber(ARGV[4])
 local now = now_ms()
 local exists = redis.call('EXISTS', h) == 1
 if exists and redis.call('HGET', h, 'one2one') == '1' then
   local who = holder(o, now)
   if who and who ~= cid then return {'conflict'} end
 end
-touch_hold(o, cid, now, lease, keep_ms)
+touch_hold(o, cid, now, lease)
 local cur = redis.call('HGET', n, node)
 local conns = 0
 if cur then conns = tonumber(string.sub(cur, 1, string.find(cur, ' ', 1, true) - 1)) end
-redis.call('HSET', n, node, fmt(conns + tonumber(ARGV[3])) .. ' ' .. fmt(now + lease))
-redis.call('PEXPIRE', n, keep_ms)
+set_conns(n, node, conns + tonumber(ARGV[3]), now, lease)
 local last = '0-0'
 if exists then
   last = redis.call('HGET', h, 'last') or '0-0'
@@ -315,19 +363,17 @@ local cid, node = ARGV[1], ARGV[2]
 local conns, cid_conns = tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease, hold = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
-if conns > 0 then
-  redis.call('HSET', n, node, fmt(conns) .. ' ' .. fmt(now + lease))
-else
-  redis.call('HDEL', n, node)
-end
+set_conns(n, node, conns, now, lease)
 local exists = redis.call('EXISTS', h) == 1
 if cid_conns <= 0 then
   local cur = redis.call('HGET', o, cid)
   if cur and exists and hold > 0 and redis.call('HGET', h, 'one2one') == '1' then
     local seq = string.sub(cur, 1, string.find(cur, ' ', 1, true) - 1)
     redis.call('HSET', o, cid, seq .. ' ' .. fmt(now + hold))
+    live_until(o, now + hold, now)
   elseif cur then
     redis.call('HDEL', o, cid)
+    tidy_holds(o)
   end
 end
 local alive_now, subs = alive(h, s, n, now)
@@ -335,20 +381,15 @@ if alive_now then set_expiry(h, s, subs, now, lease) end
 return 1
 """
 
-# KEYS h s n o; ARGV node conns lease_ms keep_ms cid...
+# KEYS h s n o; ARGV node conns lease_ms cid...
 # Renews this process's leases on a channel (subscriber count and holds).
 REFRESH = r"""
 local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local node, conns = ARGV[1], tonumber(ARGV[2])
-local lease, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease = tonumber(ARGV[3])
 local now = now_ms()
-if conns > 0 then
-  redis.call('HSET', n, node, fmt(conns) .. ' ' .. fmt(now + lease))
-  redis.call('PEXPIRE', n, keep_ms)
-else
-  redis.call('HDEL', n, node)
-end
-for i = 5, #ARGV do touch_hold(o, ARGV[i], now, lease, keep_ms) end
+set_conns(n, node, conns, now, lease)
+for i = 4, #ARGV do touch_hold(o, ARGV[i], now, lease) end
 local alive_now, subs = alive(h, s, n, now)
 if alive_now then set_expiry(h, s, subs, now, lease) end
 return 1
