@@ -235,7 +235,7 @@ async def test_websocket_push_of_a_lone_surrogate_is_refused(server: ServerThrea
         await ws.send('{"type": "pub", "channel": "wsexact", "data": "a\\ud800b", "id": 1}')
         answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert answer["type"] == "error" and answer["status"] == 400
-        assert answer["id"] == 1 and "data" in answer["error"]
+        assert answer["id"] == 1 and "surrogate" in answer["error"]
         await ws.send('{"type": "pub", "channel": "wsexact", "data": "a\\r\\nb", "id": 2}')
         frames = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(2)]
     by_type = {f.get("type"): f for f in frames}
