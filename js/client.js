@@ -379,7 +379,8 @@
       else if (has.call(cfg, k)) cfg[k] = options[k];
     });
     if (typeof cfg.url === "string") cfg.url = cfg.url.replace(/\/$/, "");
-    if (leader && ("transport" in options || "transports" in options || "url" in options || "token" in options)) {
+    if (leader && ("transport" in options || "transports" in options || "url" in options ||
+        "token" in options || "credentials" in options)) {
       restart();
     }
     return martd;
