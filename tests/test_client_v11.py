@@ -254,3 +254,22 @@ def test_credentials_send_the_shared_cookie_across_origins(
     etag = push(sites, channel, "with the cookie")
     assert got(page, 1) == [[channel, "with the cookie", etag]]
     assert page.evaluate("martd.transport") == transport
+
+
+def test_a_channel_refused_for_another_tab_ends_there_alone(context: Any, sites: Sites) -> None:
+    leader = open_page(context, sites.page("/tabs-1"))
+    leader.evaluate("listen('tabs-ok', false)")
+    leader.wait_for_function("martd.state === 'open'")
+    other = open_page(context, sites.page("/tabs-2"))
+    other.evaluate("listen('vip.tabs')")  # no grant: 401, through the leader's connection
+    other.wait_for_function("window.events.length >= 1")
+    assert other.evaluate("window.events") == [["error", "vip.tabs", 401]]
+    leader.wait_for_function("martd.channels().join() === 'tabs-ok' && martd.state === 'open'")
+    etag = push(sites, "tabs-ok", "still here")
+    assert got(leader, 1) == [["tabs-ok", "still here", etag]]
+    assert leader.evaluate("window.events") == []
+    # the tabs share the leader's one stream (other tests' pages may take a moment to go)
+    until(
+        lambda: httpx.get(f"{sites.url}/stats", headers=AUTH).json()["connections"] == {"sse": 1},
+        "one connection for both tabs",
+    )
