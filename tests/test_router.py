@@ -161,3 +161,46 @@ async def test_router_joins_frames_of_one_loop_turn_into_one_write() -> None:
         router.deliver(message(n))  # three publishers answered in the same turn
     await settle()
     assert socket.sent == [b"".join(f"id: 1000-{n}\ndata: m{n}\n\n".encode() for n in (1, 2, 3))]
+
+
+@pytest.mark.parametrize("how", ["raises", "future fails"])
+async def test_router_error_in_a_suspended_send_reaches_the_subscribers_cleanup(how: str) -> None:
+    router = Router()
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def send(event: dict[str, Any]) -> None:
+        await waiter  # the socket is full: the send suspends
+        raise ConnectionResetError("peer gone while the send waited")
+
+    sub = SSESubscriber(send, ["c"], "cid", router)
+    sub.handler = None
+    router.add(sub)
+    sub.busy = False
+    router.deliver(message(1))
+    await settle()
+    assert sub in router.parked and not sub.closed
+    if how == "raises":
+        waiter.set_result(None)
+    else:
+        waiter.set_exception(ConnectionResetError("transport lost"))
+    async with asyncio.timeout(2):
+        while sub in router.parked:
+            await asyncio.sleep(0)
+    # the error did not vanish: the subscriber is closed and gone from the router
+    assert sub.closed and router.subscribers() == 0
+
+
+async def test_router_cancelled_while_parked_cancels_the_send_under_way() -> None:
+    router = Router()
+    socket = Socket()
+    sub = await live(router, socket)
+    socket.open.clear()
+    router.deliver(message(1))
+    await settle()
+    task = sub.task
+    assert task is not None
+    sub.abort()
+    async with asyncio.timeout(2):
+        await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled() or task.done()
+    assert socket.sent == [] or not socket.sent[-1].startswith(b"id: 1000-1")

@@ -23,6 +23,7 @@ from .channels import check_name, parse_push_attributes
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import Forbidden, MartdError, MethodNotAllowed, NotFound
+from .housekeeping import Housekeeper
 from .limits import Limits, configure_backend
 from .metrics import Metrics
 from .router import Router
@@ -71,6 +72,7 @@ class MartdApp:
         self.log = logging.getLogger("martd")
         self.counters: dict[str, int] = {"published": 0, "published_bytes": 0}
         self.metrics = Metrics(self)
+        self.housekeeper = Housekeeper(settings.gc_interval)
         self.started = False
         self.closing = False
         self.started_at = time.time()
@@ -110,6 +112,7 @@ class MartdApp:
         while self.router.by_channel and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         signals.unwatch(self)
+        self.housekeeper.stop()
         self.router.stop()
         await self.metrics.stop()
         await self.backend.aclose()
@@ -139,6 +142,7 @@ class MartdApp:
                     return
                 if self.settings.gc_tune:
                     tune_collector()
+                    self.housekeeper.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()

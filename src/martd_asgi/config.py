@@ -60,6 +60,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         "`1`: when martd is the server's app, freeze start-up objects and collect garbage"
         " less often (`0` leaves the collector alone; a host app's is never touched)",
     ),
+    "gc_interval": (
+        "MARTD_GC_INTERVAL",
+        "seconds between full garbage collections (and returning free heap to the system) when"
+        " martd tunes the collector (`0`: never)",
+    ),
     "max_channels_total": (
         "MARTD_MAX_CHANNELS_TOTAL",
         "channels one process stores or has subscribers for (`0`: no limit)",
@@ -112,6 +117,7 @@ class Settings:
     sub_stall: float = 30.0
     grace: float = 4.0
     gc_tune: bool = True
+    gc_interval: float = 60.0
     sub_sndbuf: int = 0
     max_channels_total: int = 100_000
     max_subscribers: int = 0
@@ -137,6 +143,7 @@ class Settings:
             ("sub_buffer_bytes", 1),
             ("sub_stall", 0.05),
             ("grace", 0),
+            ("gc_interval", 0),
             ("sub_sndbuf", 0),
             ("max_channels_total", 0),
             ("max_subscribers", 0),

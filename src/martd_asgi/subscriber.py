@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
@@ -28,32 +28,41 @@ if TYPE_CHECKING:
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-    """Run to its end a coroutine that was started by hand and has suspended.
+class _Resumed:
+    """Awaiting this continues a coroutine that was started by hand and suspended.
 
-    It yielded what it awaits (an asyncio future, or None for a bare yield); we
-    wait for that as its Task would have, then step it again. Yielding marked the
-    future as being waited for (``_asyncio_future_blocking``); a Task clears that
-    mark when it takes the future, and so must we, or awaiting it again fails
-    ("await wasn't used with future").
+    The coroutine yielded what it waits for (an asyncio future, or None for a
+    bare yield). This hands that value to the awaiting Task untouched, as if the
+    Task had stepped the coroutine itself: the Task waits for the future, then
+    sends its result in, or throws in what it throws (a cancellation). What the
+    coroutine raises comes out of the ``await``.
     """
-    while True:
-        try:
-            if yielded is None:
-                await asyncio.sleep(0)
-            else:
-                if getattr(yielded, "_asyncio_future_blocking", False):
-                    yielded._asyncio_future_blocking = False
-                await yielded
-        except asyncio.CancelledError:
-            coro.close()
-            raise
-        except BaseException:
-            pass
-        try:
-            yielded = coro.send(None)
-        except StopIteration:
-            return
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self.coro = coro
+        self.yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, yielded = self.coro, self.yielded
+        self.yielded = None
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                yielded = coro.send(sent)
+            except StopIteration:
+                return
 
 
 def _coalesce(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -256,7 +265,7 @@ class Subscriber:
 
     async def _resume(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
         try:
-            await _finish(coro, yielded)
+            await _Resumed(coro, yielded)
             await self.drain()
         except asyncio.CancelledError:
             pass
