@@ -28,6 +28,19 @@ BACKENDS = ["memory", "redis"]
 REDIS_URL = os.environ.get("MARTD_TEST_REDIS_URL", "redis://127.0.0.1:6379/6")
 
 
+# `make test` runs the suite on several pytest-xdist workers. The tests that measure
+# time or load the machine on purpose share one worker, so they never overlap each other.
+TIMING = {"test_shutdown.py", "test_slow_consumers.py", "test_rolling_restart.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The soak takes minutes of one worker: start it first, so it ends with the rest.
+    items.sort(key=lambda item: item.path.name != "test_soak.py")
+    for item in items:
+        if item.path.name in TIMING:
+            item.add_marker(pytest.mark.xdist_group("timing"))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

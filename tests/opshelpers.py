@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +50,10 @@ class UvicornProcess:
             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
             *self.args,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(command, env=self.env, stdout=self.log, stderr=self.log)
+        # A session of its own: stop() ends the whole group, workers included.
+        self.proc = subprocess.Popen(
+            command, env=self.env, stdout=self.log, stderr=self.log, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -70,8 +74,10 @@ class UvicornProcess:
         return self.log.read().decode(errors="replace")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc is not None:
+            # uvicorn --workers N: killing the supervisor alone would orphan its workers
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         self.final = self.output()
         self.log.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -40,6 +41,35 @@ def run_martd(
     )
 
 
+def _foreground_signals() -> None:
+    # A shell starts a foreground command with SIGINT at its default. A test run
+    # started in the background by a non-interactive shell ignores SIGINT, and a
+    # child inherits that: it would never see the test's Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def martd_process(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """`martd ARGS...` running as from a terminal, its output piped; ended with the test."""
+    process = subprocess.Popen(
+        [*MARTD, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=_foreground_signals,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 class Served:
     """A `martd serve` process on a free loopback port."""
 
@@ -70,6 +100,7 @@ def martd_serve(
             stderr=sink,
             stdin=subprocess.DEVNULL,
             env=environment,
+            start_new_session=True,  # its workers, if any, end with it (see below)
         )
     scheme = "https" if "--ssl" in args or "--certfile" in args else "http"
     served = Served(process, port, log, scheme, environment.get("MARTD_PREFIX", "/martd"))
@@ -81,8 +112,11 @@ def martd_serve(
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+            pass
+        # whatever of its group is left (--workers N: the supervisor's workers)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
 
 
 def _wait_ready(served: Served, verify: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -14,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import redis_url
+from conftest import ServerThread, mounted_app, redis_url, running
+from martd_asgi import create_app
 from martd_asgi.devcert import dev_certificate
-from serving import MARTD, Served, ca_context, free_port, martd_serve, run_martd
+from serving import Served, ca_context, free_port, martd_process, martd_serve, run_martd
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,25 @@ def test_cli_pub_then_sub_from_etag_0_prints_the_message(served: Served) -> None
     }
 
 
+def test_cli_pub_event_and_type_then_sub_json_shows_them(served: Served) -> None:
+    args = ["--event", "update", "--type", "application/json", "--url", served.url]
+    pushed = run_martd("pub", "cli.typed", '{"n":1}', *args)
+    assert pushed.returncode == 0, pushed.stderr
+    etag = json.loads(pushed.stdout)["etag"]
+    for transport in ("longpoll", "sse"):
+        got = run_martd(
+            "sub", "cli.typed", "--etag", "0", "--count", "1", "--json",
+            "--transport", transport, "--url", served.url,
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        line = json.loads(got.stdout)
+        assert (line["etag"], line["data"], line["event"]) == (etag, '{"n":1}', "update")
+        if transport == "longpoll":  # plain SSE carries the event name only
+            assert line["type"] == "application/json"
+    bad = one_line_error(run_martd("pub", "cli.typed", "x", "--event", "a b", "--url", served.url))
+    assert bad.startswith("martd: 400: event")
+
+
 def test_cli_sub_takes_one_etag_place_per_channel_in_their_order(served: Served) -> None:
     def pub(channel: str, data: str) -> str:
         pushed = run_martd("pub", channel, data, "--url", served.url)
@@ -112,13 +133,7 @@ def test_cli_pub_reads_stdin_and_sets_attributes(served: Served) -> None:
 
 
 def test_cli_sub_prints_each_message_as_it_arrives(served: Served) -> None:
-    with subprocess.Popen(
-        [*MARTD, "sub", "cli.live,cli.other", "--url", served.url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    ) as process:
+    with martd_process("sub", "cli.live,cli.other", "--url", served.url) as process:
         assert process.stderr is not None and process.stdout is not None
         assert "listening" in process.stderr.readline()
         deadline = time.monotonic() + 10
@@ -144,6 +159,20 @@ def test_cli_sub_prints_each_message_as_it_arrives(served: Served) -> None:
         assert "Traceback" not in process.stderr.read()
 
 
+def test_cli_sub_takes_sigint_in_a_test_run_started_in_the_background(served: Served) -> None:
+    # A non-interactive shell starts background jobs with SIGINT ignored, and
+    # children inherit that; the suite must still reach `martd sub` with it.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with martd_process("sub", "cli.bg", "--url", served.url) as process:
+            assert process.stderr is not None
+            assert "listening" in process.stderr.readline()
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=10) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize(
     "args, says",
     [
@@ -154,6 +183,7 @@ def test_cli_sub_prints_each_message_as_it_arrives(served: Served) -> None:
         (["sub", "a,b", "--etag", "0"], "--etag"),
         (["sub", "a,b", "--etag", "0,0,0"], "--etag"),
         (["pub", "ch", "x", "--size", "many"], "--size"),
+        (["serve", "--port", "abc"], "'abc' is not a port number (0 to 65535)"),
         (["serve", "--workers", "2"], "redis"),
         (["serve", "--upstream", "localhost:3000"], "--upstream"),
         (["serve", "--prefix", "martd"], "--prefix"),
@@ -178,6 +208,52 @@ def test_cli_refused_push_is_one_line_and_non_zero(served: Served) -> None:
     assert line.startswith("martd: 403")
     line = one_line_error(run_martd("pub", "cli.first", "x", "--size", "0", "--url", served.url))
     assert "400" in line and "size" in line
+
+
+def test_cli_pub_of_an_empty_message_warns_that_it_reaches_nobody(served: Served) -> None:
+    pushed = run_martd("pub", "cli.empty", "--size", "3", "--url", served.url)
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["delivered"] is False
+    assert pushed.stderr.startswith("martd pub: warning: the message is empty")
+    assert "delivers it to no subscriber" in pushed.stderr
+    real = run_martd("pub", "cli.empty", "something", "--url", served.url)
+    assert real.returncode == 0 and real.stderr == ""
+
+
+def test_cli_pub_to_martd_served_at_the_root_says_which_url_to_use() -> None:
+    with running(create_app(backend="memory")) as root:
+        assert isinstance(root, ServerThread)
+        for args in (["pub", "demo", "hi"], ["sub", "demo", "--count", "1"]):
+            line = one_line_error(run_martd(*args, "--url", f"{root.url}/martd"))
+            assert "404" in line and "nothing at '/martd/" in line
+            assert line.endswith(f"martd answers at {root.url} (it is served at /): use --url {root.url}")
+    # martd is elsewhere (a site mounts it at /push): a hint about --url all the same.
+    with running(mounted_app(create_app(backend="memory"), "/push")) as site:
+        line = one_line_error(run_martd("pub", "demo", "hi", "--url", f"{site.url}/martd"))
+        assert line.startswith("martd: 404: ")
+        assert line.endswith(
+            f"is --url where martd is mounted? (uvicorn martd_asgi:app serves it at /: --url {site.url})"
+        )
+
+
+def test_cli_without_arguments_prints_its_help() -> None:
+    bare = run_martd()
+    assert bare.returncode == 0 and bare.stderr == ""
+    assert bare.stdout.startswith("Usage: martd") and "martd pub CHANNEL DATA" in bare.stdout
+
+
+def test_cli_serve_on_a_port_in_use_says_so_before_any_banner(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_martd("serve", "--port", str(port), MARTD_BACKEND="memory")
+    line = one_line_error(result)
+    assert line == (
+        f"martd: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        "is martd already running? choose another --port"
+    )
+    assert "serving at" not in result.stderr and result.stdout == ""
 
 
 def test_cli_serve_without_upstream_redirects_root_to_the_demo(served: Served) -> None:
@@ -276,13 +352,7 @@ def test_cli_serve_workers_share_channels_through_redis_and_stop_cleanly(
         got = run_martd("sub", "cli.workers", "--etag", "0", "--count", "1", "--url", served.url)
         assert got.returncode == 0, got.stderr
         assert got.stdout == "first\n"
-        with subprocess.Popen(
-            [*MARTD, "sub", "cli.workers", "--count", "1", "--url", served.url],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        ) as process:
+        with martd_process("sub", "cli.workers", "--count", "1", "--url", served.url) as process:
             assert process.stderr is not None and process.stdout is not None
             assert "listening" in process.stderr.readline()
             # Subscribed before its headers came back: whichever worker takes the push,

@@ -45,6 +45,17 @@ def test_client_publish_info_delete(server: ServerThread) -> None:
         assert missing.value.status == 404 and "client.sync" in missing.value.message
 
 
+def test_client_empty_push_says_it_reaches_nobody_and_repr_shows_the_answer(
+    server: ServerThread,
+) -> None:
+    with Client(server.url) as martd:
+        empty = martd.publish("client.empty", size=5)
+        real = martd.publish("client.empty", "x")
+    assert empty.delivered is False and real.delivered is True
+    assert '"delivered":false' in empty.answer
+    assert f"answer='{real.answer}'" in repr(real)
+
+
 async def test_async_client_push_reaches_a_subscriber(server: ServerThread) -> None:
     import httpx
 

@@ -47,7 +47,12 @@ def started(
     """Run ``command`` until ``url`` answers 200; stop it (SIGTERM, then SIGKILL) after."""
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=os.environ | (env or {})
+            command,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ | (env or {}),
+            start_new_session=True,  # a group of its own: its workers end with it
         )
     try:
         deadline = time.monotonic() + 20
@@ -69,8 +74,10 @@ def started(
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever of its group is left
+        process.wait(timeout=5)
 
 
 @contextlib.contextmanager

@@ -116,6 +116,28 @@ def test_metrics_multiprocess_mode_sums_workers(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, body
             time.sleep(0.2)
         assert len(list(tmp_path.glob("counter_*.db"))) >= 1
+        assert server.proc is not None
+        workers = children(server.proc.pid)
+        assert len(workers) >= 2  # the workers (and a resource tracker, if any)
+    # every process the test started ends, the supervisor's workers too (SIGKILL
+    # takes effect a moment later)
+    deadline = time.monotonic() + 5
+    while [pid for pid in workers if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in workers if alive(pid)] == []
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_metrics_channels_on_redis_counted_once_under_several_workers(tmp_path: Path) -> None:

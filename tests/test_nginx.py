@@ -96,7 +96,10 @@ def start_nginx(binary: str, conf: Path, prefix: Path, port: int) -> subprocess.
     check = subprocess.run([*command, "-t"], capture_output=True, timeout=10, check=False)
     assert check.returncode == 0, check.stderr.decode()
     errors = open(prefix / "stderr.log", "wb")  # noqa: SIM115 - owned by the process
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+    # a group of its own: stop_nginx ends the workers even if the master is killed
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True
+    )
     errors.close()
     deadline = time.monotonic() + 10
     while True:
@@ -107,7 +110,7 @@ def start_nginx(binary: str, conf: Path, prefix: Path, port: int) -> subprocess.
             return process
         except OSError:
             if time.monotonic() > deadline:
-                process.kill()
+                stop_nginx(process)
                 raise RuntimeError("nginx did not start listening") from None
             time.sleep(0.02)
 
@@ -117,8 +120,10 @@ def stop_nginx(process: subprocess.Popen[bytes]) -> None:
     try:
         process.wait(timeout=5)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # the master and any worker left
+    process.wait(timeout=5)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,12 +97,20 @@ class Upstream:
             while (await receive())["type"] != "http.disconnect":
                 pass
         else:
-            await respond(send, 404, b"no such page")
+            await respond(send, 404, b"no such page", [(b"x-raw-path", scope["raw_path"])])
 
     async def websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()
         if scope["path"] == "/ws-refused":
             await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["path"] == "/ws-headers":
+            await send({"type": "websocket.accept"})
+            seen: dict[str, list[str]] = {}
+            for name, value in scope["headers"]:
+                seen.setdefault(name.decode(), []).append(value.decode("latin-1"))
+            await send({"type": "websocket.send", "text": json.dumps(seen)})
+            await send({"type": "websocket.close", "code": 1000})
             return
         protocol = (scope.get("subprotocols") or [None])[0]
         await send({"type": "websocket.accept", "subprotocol": protocol})
@@ -304,3 +313,104 @@ async def test_proxy_errors_never_show_upstream_credentials() -> None:
         answer = await client.get("/page")
     assert answer.status_code == 502
     assert "hunter2" not in answer.text and f"127.0.0.1:{port}" in answer.text
+
+
+# ---------------------------------------------------- what a review found
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    """Send ``data`` as it is (no client normalises it) and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/../internal/admin", b"/x/../martd/stats", b"/a/./b/%2e%2e/c", b"//twice", b"/x/.."],
+)
+async def test_proxy_sends_paths_byte_for_byte_under_the_base_path(
+    site: tuple[Upstream, ServerThread], proxy: Served, path: bytes
+) -> None:
+    app = ProxyMiddleware(create_app(), upstream=site[1].url + "/app")
+    with running(app) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            answer = await http.get("/", extensions={"target": path + b"?q=1"})
+    assert answer.content == b"no such page"
+    assert answer.headers["x-raw-path"].encode() == b"/app" + path
+    # through `martd serve --upstream` (no base path): the site, never martd, answers
+    answer = await asyncio.to_thread(
+        raw_request,
+        proxy.port,
+        b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 404"), answer
+    assert b"x-raw-path: " + path + b"\r\n" in answer and answer.endswith(b"no such page")
+
+
+async def test_proxy_options_asterisk_goes_to_the_site(proxy: Served) -> None:
+    request = b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = await asyncio.to_thread(raw_request, proxy.port, request)
+    assert answer.startswith(b"HTTP/1.1 404"), answer  # the site's own answer for "*"
+    assert answer.endswith(b"no such page")
+    assert "Traceback" not in proxy.stderr() and "Exception" not in proxy.stderr()
+
+
+async def test_proxy_forwarded_headers_are_those_nginx_would_send(proxy: Served) -> None:
+    claimed = {
+        "forwarded": "for=6.6.6.6;host=evil",
+        "x-forwarded-for": "6.6.6.6",
+        "x-real-ip": "6.6.6.6",
+        "x-forwarded-port": "4443",
+        "x-forwarded-prefix": "/admin",
+        "x-forwarded-host": "evil.example",
+    }
+    async with httpx.AsyncClient(base_url=proxy.origin, timeout=10) as http:
+        over_http = (await http.get("/headers", headers=claimed)).json()
+    async with asyncio.timeout(10):
+        async with connect(
+            f"ws://127.0.0.1:{proxy.port}/ws-headers", additional_headers=claimed
+        ) as ws:
+            over_ws = json.loads(await ws.recv())
+    netloc = f"127.0.0.1:{proxy.port}"
+    for seen in (over_http, over_ws):
+        assert seen["host"] == [netloc]
+        assert seen["x-forwarded-for"] == ["127.0.0.1"] and seen["x-real-ip"] == ["127.0.0.1"]
+        assert seen["x-forwarded-host"] == [netloc]
+        assert seen["x-forwarded-proto"] == ["http"]
+        assert not {"forwarded", "x-forwarded-port", "x-forwarded-prefix"} & set(seen)
+
+
+CHUNKED_WITH_TRAILER = (
+    b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTrailer: X-Forwarded-For\r\n"
+    b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Forwarded-For: 10.9.9.9\r\n"
+    b"X-Trailer-Only: 1\r\n\r\n"
+)
+
+
+async def test_proxy_never_forwards_trailers_as_headers(proxy: Served) -> None:
+    answer = await asyncio.to_thread(raw_request, proxy.port, CHUNKED_WITH_TRAILER % b"/headers")
+    seen = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert "x-trailer-only" not in seen
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
+
+
+async def test_trailers_give_no_address_rights(tmp_path: Path) -> None:
+    env = {"MARTD_TRUSTED_PROXIES": "127.0.0.1", "MARTD_ALLOW": "10.9.9.9"}
+    with martd_serve(tmp=tmp_path, **env) as served:
+        answer = await asyncio.to_thread(
+            raw_request, served.port, CHUNKED_WITH_TRAILER % b"/martd/pub/trailed"
+        )
+        assert answer.startswith(b"HTTP/1.1 403"), answer
+        assert b"not a server" in answer
+        # the same address in a header does make a server (the setup is right)
+        as_header = await asyncio.to_thread(
+            raw_request,
+            served.port,
+            b"POST /martd/pub/trailed HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.9.9.9\r\n"
+            b"Content-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
+        assert as_header.startswith(b"HTTP/1.1 201"), as_header

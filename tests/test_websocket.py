@@ -182,6 +182,13 @@ async def test_websocket_pub_with_key_is_acked_and_delivered(
         assert error["type"] == "error" and error["id"] == 8 and error["status"] == 403
         await ws.send(json.dumps({"type": "pub", "channel": "keyed", "data": "no", "id": 9}))
         assert (await frame(ws))["status"] == 403
+        # An empty push is acked as stored but delivered to nobody (no message frame first).
+        assert "delivered" not in ack
+        await ws.send(
+            json.dumps({"type": "pub", "channel": "keyed", "key": "s3cret", "data": "", "id": 10})
+        )
+        empty = await frame(ws)
+        assert empty["type"] == "ack" and empty["id"] == 10 and empty["delivered"] is False
 
 
 async def test_websocket_pub_frames_are_checked(make_server: Callable[..., ServerThread]) -> None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         TransportError,
         Unauthorized,
         Unavailable,
+        Unprocessable,
     )
     from .config import Settings
 
@@ -50,6 +51,7 @@ __all__ = [
     "TransportError",
     "Unauthorized",
     "Unavailable",
+    "Unprocessable",
     "__version__",
     "app",
     "create_app",

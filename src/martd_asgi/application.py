@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import logformat, logs, signals
+from . import dashboard, logformat, logs, signals
 from .auth import Authority
 from .backends.base import Backend, make_backend
-from .channels import check_name, parse_push_attributes
+from .channels import check_event, check_name, message_type, parse_push_attributes
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import Forbidden, MartdError, MethodNotAllowed, NotFound
@@ -159,15 +159,27 @@ class MartdApp:
         life: int = 3600,
         one2one: bool = False,
         key: str | None = None,
+        *,
+        event: str | None = None,
+        content_type: str | None = None,
     ) -> str:
-        """Push as a server, in process; returns the new etag."""
+        """Push as a server, in process; returns the new etag.
+
+        ``event`` names the message's event and ``content_type`` becomes its
+        ``type``, as ``?event=`` and the Content-Type header of ``POST /pub`` do.
+        """
         await self.startup()
         check_name(channel)
         given = {"size": str(size), "life": str(life), "one2one": str(bool(one2one)).lower()}
         if key is not None:
             given["key"] = key
         result = await self.backend.publish(
-            channel, data, parse_push_attributes(given), server=True
+            channel,
+            data,
+            parse_push_attributes(given),
+            server=True,
+            event=None if event is None else check_event(event),
+            content_type=message_type(content_type),
         )
         self.counters["published"] += 1
         self.counters["published_bytes"] += len(data.encode())
@@ -225,9 +237,19 @@ class MartdApp:
             "/stats": self._stats,
             "/metrics": self._metrics,
             "/demo": self._demo,
+            "/dashboard": self._dashboard,
         }
+        if path == "/dashboard/events" and self.settings.dashboard:
+            if method != "GET":
+                raise _method_not_allowed("GET")
+            await dashboard.events(self, request, receive, send)
+            return
         handler = routes.get(path)
-        if handler is None or (path == "/demo" and not self.settings.demo):
+        if (
+            handler is None
+            or (path == "/demo" and not self.settings.demo)
+            or (path == "/dashboard" and not self.settings.dashboard)
+        ):
             raise NotFound(f"path: nothing at {path!r}")
         if method not in ("GET", "HEAD"):
             raise _method_not_allowed("GET")
@@ -291,6 +313,12 @@ class MartdApp:
     async def _demo(self, request: Request, send: Send) -> None:
         await self._static_response(
             request, send, "demo.html", b"text/html; charset=utf-8", b"no-cache"
+        )
+
+    async def _dashboard(self, request: Request, send: Send) -> None:
+        self.require_server(request)
+        await self._static_response(
+            request, send, "dashboard.html", b"text/html; charset=utf-8", b"no-cache"
         )
 
     async def _healthz(self, request: Request, send: Send) -> None:

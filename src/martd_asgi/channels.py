@@ -119,6 +119,40 @@ def parse_push_attributes(query: Mapping[str, str]) -> PushAttributes:
     return PushAttributes(size=size, life=life, one2one=one2one, key=key)
 
 
+# ---------------------------------------------- v1.1: a message's event name and type
+
+EVENT_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}\Z")
+TYPE_RE = re.compile(r"[\x20-\x7e]{1,255}\Z")
+# Content types that say nothing about the payload: what curl -d and generic
+# byte pushers send by default.
+UNTYPED = frozenset({"application/x-www-form-urlencoded", "application/octet-stream"})
+
+
+def check_event(raw: str) -> str:
+    if not EVENT_RE.match(raw):
+        raise BadRequest(
+            "event: an event name is 1 to 64 characters of A-Z a-z 0-9 _ . : -", field="event"
+        )
+    if raw in RESERVED:
+        # ``event: martd`` is how SSE carries control events.
+        raise BadRequest(f"event: the name {raw!r} is reserved", field="event")
+    return raw
+
+
+def message_type(raw: str | None) -> str | None:
+    """The ``type`` a push's Content-Type gives its message (None: it gives none)."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text or text.partition(";")[0].strip().lower() in UNTYPED:
+        return None
+    if not TYPE_RE.match(text):
+        raise BadRequest(
+            "type: a content type is 1 to 255 printable ASCII characters", field="type"
+        )
+    return text
+
+
 def hash_key(key: str) -> str:
     """Channel keys are stored as SHA-256 digests, never as given."""
     return hashlib.sha256(key.encode()).hexdigest()
@@ -130,6 +164,13 @@ def key_matches(stored_hash: str | None, given: str | None) -> bool:
     if given is None:
         return False
     return hmac.compare_digest(stored_hash, hash_key(given))
+
+
+def key_refusal(given: str | None) -> str:
+    """Why a push into a keyed channel was refused: no key, or another one."""
+    if given is None:
+        return "key: this channel needs its key to push"
+    return "key: wrong key for this channel"
 
 
 # ---------------------------------------------------------------------- etags
@@ -208,6 +249,14 @@ class Message:
     def empty(self) -> bool:
         return self.data == ""
 
+    @property
+    def size(self) -> int:
+        """The payload's length in UTF-8 bytes: what limits on memory count."""
+        data = self.data
+        if data.isascii():
+            return len(data)
+        return self.memo("size", _utf8_size)  # type: ignore[no-any-return]
+
     def encoded(self, kind: str) -> Any:
         """This message encoded for a transport (``sse``, ``sse_data``, ``ws``), made once."""
         try:
@@ -237,6 +286,10 @@ class Message:
         return f"Message({self.channel!r}, {self.etag!r}, {len(self.data)} chars)"
 
 
+def _utf8_size(msg: Message) -> int:
+    return len(msg.data.encode("utf-8", "surrogatepass"))
+
+
 def sse_data_lines(data: str) -> bytes:
     lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     return "".join(f"data: {line}\n" for line in lines).encode()
@@ -244,13 +297,13 @@ def sse_data_lines(data: str) -> bytes:
 
 def _sse_single(msg: Message) -> dict[str, Any]:
     body = b"id: " + msg.etag.encode() + b"\n" + sse_data_lines(msg.data) + b"\n"
+    if msg.event is not None:
+        body = b"event: " + msg.event.encode() + b"\n" + body
     return {"type": "http.response.body", "body": body, "more_body": True}
 
 
 def _ws_frame(msg: Message) -> dict[str, Any]:
-    text = json.dumps(
-        {"channel": msg.channel, "etag": msg.etag, "data": msg.data}, ensure_ascii=False
-    )
+    text = json.dumps({"channel": msg.channel, **msg.as_json()}, ensure_ascii=False)
     return {"type": "websocket.send", "text": text}
 
 

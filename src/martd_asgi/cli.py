@@ -8,10 +8,10 @@ non-zero status (2 for bad usage, 1 otherwise, 130 for Ctrl-C), never a tracebac
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal, NoReturn
@@ -92,6 +92,7 @@ def build_config(
     """The uvicorn ``Config`` that ``martd serve`` runs (see ``martd serve --help``)."""
     import uvicorn
 
+    from . import protocols
     from .config import Settings
     from .proxy import check_prefix
 
@@ -139,6 +140,12 @@ def build_config(
         "proxy_headers": False,
         # The site's own streams may never end; martd ends its own on shutdown.
         "timeout_graceful_shutdown": 5,
+        # Chosen, not left to what is installed: see martd_asgi.protocols.
+        "http": protocols.HTTP,
+        "ws": protocols.WEBSOCKET,
+        # Pushes are small: compressing them costs more than it saves, and the
+        # compression state more than doubled an idle WebSocket's memory.
+        "ws_per_message_deflate": False,
     }
     if workers > 1:
         # Workers import the app by name, so hand them its options by environment.
@@ -161,25 +168,58 @@ def serve(**kwargs: Any) -> None:
     from uvicorn.supervisors import Multiprocess
 
     config = build_config(**kwargs)
+    # Bind before saying where martd serves: a port in use is one line, not a banner first.
+    sock = _listen(config.host, config.port)
     scheme = "https" if config.ssl_certfile else "http"
     host = config.host if ":" not in config.host else f"[{config.host}]"
-    base = f"{scheme}://{host}:{config.port}{kwargs.get('prefix', '/martd').rstrip('/')}"
-    click.echo(f"martd: serving at {base}/ (demo page: {base}/demo)", err=True)
+    port = sock.getsockname()[1]
+    base = f"{scheme}://{host}:{port}{kwargs.get('prefix', '/martd').rstrip('/')}"
+    click.echo(
+        f"martd: serving at {base}/ (demo page: {base}/demo, dashboard: {base}/dashboard)",
+        err=True,
+    )
     if kwargs.get("upstream"):
         click.echo(f"martd: every other path goes to {kwargs['upstream']}", err=True)
-    if config.workers > 1:
-        # The supervisor starts the workers (each imports the app by name) and
-        # ends them on SIGINT/SIGTERM; no Server object runs in this process.
-        sock = config.bind_socket()
-        try:
+    try:
+        if config.workers > 1:
+            # The supervisor starts the workers (each imports the app by name) and
+            # ends them on SIGINT/SIGTERM; no Server object runs in this process.
             Multiprocess(config, sockets=[sock]).run()
-        finally:
-            sock.close()
-        return
-    server = uvicorn.Server(config)
-    server.run()
+            return
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     if not server.started:
         sys.exit(1)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or str(exc)
+        hint = "; is martd already running? choose another --port" if port else ""
+        raise Failure(f"cannot listen on {host}:{port}: {why}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Port(click.ParamType):  # type: ignore[type-arg,unused-ignore]  # generic from click 8.3
+    name = "port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            port = int(value)
+        except (TypeError, ValueError):
+            port = -1
+        if not 0 <= port <= 65535:
+            self.fail(f"{value!r} is not a port number (0 to 65535)", param, ctx)
+        return port
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -208,7 +248,7 @@ def cli() -> None:
     "--port",
     default=8000,
     show_default=True,
-    type=click.IntRange(0, 65535),
+    type=_Port(),
     envvar="MARTD_PORT",
     help="Port to listen on. [env MARTD_PORT]",
 )
@@ -322,12 +362,35 @@ def _check_channels(raw: str) -> list[str]:
     return names
 
 
-def _client_failure(exc: Exception) -> NoReturn:
+def _client_failure(exc: Exception, url: str | None = None) -> NoReturn:
     from .client import ClientError
 
     if isinstance(exc, ClientError) and exc.status is not None:
-        raise Failure(f"{exc.status}: {exc.message}")
+        hint = ""
+        if exc.status == 404 and url:  # pushing and subscribing never 404 where martd is
+            hint = _where_is_martd(url)
+        raise Failure(f"{exc.status}: {exc.message}{hint}")
     raise Failure(str(getattr(exc, "message", exc)))
+
+
+def _where_is_martd(url: str) -> str:
+    """A hint for a --url that is not where martd is mounted: martd at the origin's root?"""
+    import httpx
+
+    parsed = httpx.URL(url)
+    if parsed.path.rstrip("/") in ("", "/"):
+        return "; is --url where martd is mounted?"
+    root = str(parsed.copy_with(path="/", query=None)).rstrip("/")
+    try:
+        health = httpx.get(f"{root}/healthz", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        health = None
+    if isinstance(health, dict) and "backend" in health:
+        return f"; martd answers at {root} (it is served at /): use --url {root}"
+    return (
+        "; is --url where martd is mounted? "
+        f"(uvicorn martd_asgi:app serves it at /: --url {root})"
+    )
 
 
 @cli.command("pub")
@@ -338,6 +401,12 @@ def _client_failure(exc: Exception) -> NoReturn:
 @click.option("--life", type=int, help="Seconds a message is kept (default 3600).")
 @click.option("--one2one/--no-one2one", default=None, help="At most one subscriber.")
 @click.option("--key", help="The channel's key (needed by non-servers, and on keyed channels).")
+@click.option("--event", help="The message's event name (SSE `event:`), [A-Za-z0-9_.:-]{1,64}.")
+@click.option("--type", "content_type", help="The message's type, sent as its Content-Type.")
+@click.option(
+    "--idempotency-key",
+    help="Answer a repeat of this push (same key, same push) without storing it again.",
+)
 @click.option("--secret", envvar="MARTD_SECRET", help="The server secret. [env MARTD_SECRET]")
 @click.option(
     "--token", envvar="MARTD_TOKEN", help="A token that grants publish. [env MARTD_TOKEN]"
@@ -350,6 +419,9 @@ def pub_command(
     life: int | None,
     one2one: bool | None,
     key: str | None,
+    event: str | None,
+    content_type: str | None,
+    idempotency_key: str | None,
     secret: str | None,
     token: str | None,
 ) -> None:
@@ -366,15 +438,29 @@ def pub_command(
     payload: str | bytes = sys.stdin.buffer.read() if data == "-" else (data or "")
     if secret and token:
         raise click.UsageError("give --secret or --token, not both")
+    if not payload:
+        click.echo(
+            "martd pub: warning: the message is empty; martd stores it and sets the channel's "
+            "attributes, but delivers it to no subscriber",
+            err=True,
+        )
     try:
         with Client(url, secret=secret or None, token=token or None) as client:
             result = client.publish(
-                channel, payload, size=size, life=life, one2one=one2one, key=key
+                channel,
+                payload,
+                size=size,
+                life=life,
+                one2one=one2one,
+                key=key,
+                event=event,
+                content_type=content_type,
+                idempotency_key=idempotency_key,
             )
     except ValueError as exc:
         raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--url") from None
     except ClientError as exc:
-        _client_failure(exc)
+        _client_failure(exc, url)
     # martd's answer as it sent it: {"channel", "etag", "subscribers", "messages"}.
     click.echo(result.answer.strip())
 
@@ -392,7 +478,8 @@ def pub_command(
     "--json",
     "as_json",
     is_flag=True,
-    help='One JSON line per message: {"channel", "etag", "data"}.',
+    help='One JSON line per message: {"channel", "etag", "data"}, and "event" and "type"'
+    " when the message has them.",
 )
 @click.option(
     "--transport", type=click.Choice(["sse", "longpoll"]), default="sse", show_default=True
@@ -453,7 +540,7 @@ def sub_command(
     try:
         for delivery in subscription:
             if as_json:
-                line = json.dumps(dataclasses.asdict(delivery), ensure_ascii=False)
+                line = json.dumps(delivery.as_json(), ensure_ascii=False)
             elif len(names) > 1:
                 line = f"{delivery.channel}: {delivery.data}"
             else:
@@ -464,7 +551,7 @@ def sub_command(
             if count is not None and received >= count:
                 return
     except ClientError as exc:
-        _client_failure(exc)
+        _client_failure(exc, url)
     finally:
         subscription.close()
 
@@ -534,8 +621,10 @@ def token_command(
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``martd`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        result = cli.main(args=argv, prog_name="martd", standalone_mode=False)
+        # Bare `martd` is someone finding their way: the help, not an error.
+        result = cli.main(args=args or ["--help"], prog_name="martd", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.UsageError as exc:

@@ -17,16 +17,26 @@ Every error martd answers is raised as one small class per condition:
      ├── Conflict          409  one2one channel held by another client
      ├── Gone              410  the channel was deleted
      ├── PayloadTooLarge   413  the payload is above ``MARTD_MAX_PAYLOAD``
+     ├── Unprocessable     422  an ``idempotency_key`` reused for a different push
      ├── TooManyRequests   429  rate or connection limit
      └── Unavailable       503  martd's backend cannot be reached
 
 Any other error status raises ``ClientError`` itself.
+
+``publish`` retries on its own (``retries``, 2 by default) when martd could not
+be reached, did not answer in time, or answered 502, 503 or 504. Each push then
+carries an ``Idempotency-Key`` made for it and kept across its retries, so a
+push whose answer was lost on the way is stored once, never twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
+import random
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -36,6 +46,9 @@ from urllib.parse import quote
 import httpx
 
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_RETRIES = 2
+RETRY_STATUSES = frozenset({502, 503, 504})
+MAX_RETRY_WAIT = 5.0
 
 
 class ClientError(Exception):
@@ -83,6 +96,10 @@ class PayloadTooLarge(ClientError):
     status = 413
 
 
+class Unprocessable(ClientError):
+    status = 422
+
+
 class TooManyRequests(ClientError):
     status = 429
 
@@ -101,6 +118,7 @@ _BY_STATUS: dict[int, type[ClientError]] = {
         Conflict,
         Gone,
         PayloadTooLarge,
+        Unprocessable,
         TooManyRequests,
         Unavailable,
     )
@@ -116,8 +134,10 @@ class PublishResult:
     subscribers: int
     messages: int
     created: bool
+    #: False for an empty push: stored with an etag, but delivered to no subscriber.
+    delivered: bool = True
     #: martd's answer as it sent it (the JSON text of the response body).
-    answer: str = field(default="", compare=False, repr=False)
+    answer: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -156,18 +176,29 @@ def _transport_error(url: str, exc: httpx.HTTPError) -> TransportError:
     return TransportError(f"cannot reach martd at {url}: {reason}")
 
 
-def _payload(data: str | bytes | Any) -> tuple[bytes, str]:
+def _payload(data: str | bytes | Any, content_type: str | None) -> tuple[bytes, dict[str, str]]:
+    """The body and its Content-Type, which martd keeps as the message's ``type``:
+    ``application/json`` for data sent as JSON, else only the one asked for."""
     if isinstance(data, bytes):
-        return data, "application/octet-stream"
-    if isinstance(data, str):
-        return data.encode(), "text/plain; charset=utf-8"
-    return json.dumps(data, separators=(",", ":")).encode(), "application/json"
+        body, kind = data, "application/octet-stream"
+    elif isinstance(data, str):
+        body, kind = data.encode(), ""
+    else:
+        body, kind = json.dumps(data, separators=(",", ":")).encode(), "application/json"
+    kind = content_type or kind
+    return body, ({"content-type": kind} if kind else {})
 
 
 def _push_params(
-    size: int | None, life: int | None, one2one: bool | None, key: str | None
+    size: int | None,
+    life: int | None,
+    one2one: bool | None,
+    key: str | None,
+    event: str | None = None,
 ) -> dict[str, str]:
     params: dict[str, str] = {}
+    if event is not None:
+        params["event"] = event
     if size is not None:
         params["size"] = str(size)
     if life is not None:
@@ -202,6 +233,7 @@ def _publish_result(response: httpx.Response) -> PublishResult:
         subscribers=int(body.get("subscribers", 0)),
         messages=int(body.get("messages", 0)),
         created=response.status_code == 201,
+        delivered=body.get("delivered", True) is not False,
         answer=response.text,
     )
 
@@ -220,7 +252,22 @@ def _channel_info(response: httpx.Response) -> ChannelInfo:
     )
 
 
+def _retry_wait(attempt: int, answer: httpx.Response | None) -> float:
+    """Seconds before retry ``attempt`` (0 first): martd's Retry-After, else backoff."""
+    if answer is not None:
+        after = answer.headers.get("retry-after", "")
+        if after.isdigit():
+            return min(float(after), MAX_RETRY_WAIT)
+    return min(0.2 * 2.0**attempt, MAX_RETRY_WAIT) * (0.5 + random.random())
+
+
+def _retryable(answer: httpx.Response) -> bool:
+    return answer.status_code in RETRY_STATUSES
+
+
 class _Base:
+    retries: int
+
     def __init__(self, url: str, secret: str | None, token: str | None) -> None:
         if secret is not None and token is not None:
             raise ValueError("give either secret or token, not both")
@@ -236,6 +283,15 @@ class _Base:
 
     def _channel_url(self, channel: str) -> str:
         return f"{self.url}/pub/{quote(channel, safe=':@~')}"
+
+    def _push_headers(self, kind: dict[str, str], idempotency_key: str | None) -> dict[str, str]:
+        headers = dict(kind)
+        key = idempotency_key
+        if key is None and self.retries > 0:
+            key = secrets.token_urlsafe(18)  # one per push, the same on each of its retries
+        if key is not None:
+            headers["idempotency-key"] = key
+        return headers
 
     def mint_token(
         self, publish: Sequence[str] = (), subscribe: Sequence[str] = (), ttl: float | None = 3600
@@ -258,9 +314,13 @@ class Client(_Base):
         secret: str | None = None,
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(url, secret, token)
+        if retries < 0:
+            raise ValueError("retries: must be 0 or more")
+        self.retries = retries
         self._http = httpx.Client(
             headers=self.headers, timeout=timeout, transport=transport, follow_redirects=False
         )
@@ -281,14 +341,35 @@ class Client(_Base):
         life: int | None = None,
         one2one: bool | None = None,
         key: str | None = None,
+        event: str | None = None,
+        content_type: str | None = None,
+        idempotency_key: str | None = None,
     ) -> PublishResult:
-        """Push ``data`` (text, bytes, or anything else as JSON) into ``channel``."""
-        content, kind = _payload(data)
-        params = _push_params(size, life, one2one, key)
-        response = self._send(
-            "POST", channel, content=content, params=params, headers={"content-type": kind}
-        )
-        return _publish_result(response)
+        """Push ``data`` (text, bytes, or anything else as JSON) into ``channel``.
+
+        ``event`` names the message's event; ``content_type`` is sent as the
+        Content-Type, which martd keeps as the message's ``type``. Retried as
+        the client's ``retries`` say, under one ``idempotency_key`` (made here
+        unless given).
+        """
+        content, kind = _payload(data, content_type)
+        params = _push_params(size, life, one2one, key, event)
+        headers = self._push_headers(kind, idempotency_key)
+        attempt = 0
+        while True:
+            try:
+                response = self._send(
+                    "POST", channel, content=content, params=params, headers=headers
+                )
+            except TransportError:
+                if attempt >= self.retries:
+                    raise
+                time.sleep(_retry_wait(attempt, None))
+            else:
+                if attempt >= self.retries or not _retryable(response):
+                    return _publish_result(response)
+                time.sleep(_retry_wait(attempt, response))
+            attempt += 1
 
     def info(self, channel: str) -> ChannelInfo:
         """The channel's etag, counts and attributes; ``NotFound`` if it does not exist."""
@@ -323,9 +404,13 @@ class AsyncClient(_Base):
         secret: str | None = None,
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(url, secret, token)
+        if retries < 0:
+            raise ValueError("retries: must be 0 or more")
+        self.retries = retries
         self._http = httpx.AsyncClient(
             headers=self.headers, timeout=timeout, transport=transport, follow_redirects=False
         )
@@ -346,14 +431,32 @@ class AsyncClient(_Base):
         life: int | None = None,
         one2one: bool | None = None,
         key: str | None = None,
+        event: str | None = None,
+        content_type: str | None = None,
+        idempotency_key: str | None = None,
     ) -> PublishResult:
-        """Push ``data`` (text, bytes, or anything else as JSON) into ``channel``."""
-        content, kind = _payload(data)
-        params = _push_params(size, life, one2one, key)
-        response = await self._send(
-            "POST", channel, content=content, params=params, headers={"content-type": kind}
-        )
-        return _publish_result(response)
+        """Push ``data`` (text, bytes, or anything else as JSON) into ``channel``.
+
+        Arguments and retries as for ``Client.publish``.
+        """
+        content, kind = _payload(data, content_type)
+        params = _push_params(size, life, one2one, key, event)
+        headers = self._push_headers(kind, idempotency_key)
+        attempt = 0
+        while True:
+            try:
+                response = await self._send(
+                    "POST", channel, content=content, params=params, headers=headers
+                )
+            except TransportError:
+                if attempt >= self.retries:
+                    raise
+                await asyncio.sleep(_retry_wait(attempt, None))
+            else:
+                if attempt >= self.retries or not _retryable(response):
+                    return _publish_result(response)
+                await asyncio.sleep(_retry_wait(attempt, response))
+            attempt += 1
 
     async def info(self, channel: str) -> ChannelInfo:
         """The channel's etag, counts and attributes; ``NotFound`` if it does not exist."""

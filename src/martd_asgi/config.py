@@ -38,6 +38,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     "max_channels": ("MARTD_MAX_CHANNELS", "channels in one subscription"),
     "hold": ("MARTD_HOLD", "seconds a one2one hold outlives its last connection"),
     "demo": ("MARTD_DEMO", "`1` serves `/demo`, `0` does not"),
+    "dashboard": (
+        "MARTD_DASHBOARD",
+        "`1` serves `/dashboard`, a live picture of this process, to servers (like `/stats`);"
+        " `0` does not",
+    ),
     "sub_buffer_messages": (
         "MARTD_SUB_BUFFER_MESSAGES",
         "messages a subscriber may fall behind before it is disconnected",
@@ -77,6 +82,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         "MARTD_MAX_CONNECTIONS_PER_ADDRESS",
         "open subscriptions from one client address; servers are exempt (`0`: no limit)",
     ),
+    "max_channels_per_address": (
+        "MARTD_MAX_CHANNELS_PER_ADDRESS",
+        "channels one client address may be subscribed to at once, each counted once however"
+        " many of its subscriptions name it; servers are exempt (`0`: no limit)",
+    ),
     "push_rate": (
         "MARTD_PUSH_RATE",
         "pushes per second for one key-holder on one channel (`0`: no limit)",
@@ -91,6 +101,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         " (`0`: no limit)",
     ),
     "log_format": ("MARTD_LOG_FORMAT", "`text`, or `json` for one JSON object per log line"),
+    "idempotency_ttl": (
+        "MARTD_IDEMPOTENCY_TTL",
+        "seconds an `Idempotency-Key` is remembered per channel (`0`: keys are checked, not"
+        " remembered)",
+    ),
 }
 
 
@@ -112,6 +127,7 @@ class Settings:
     max_channels: int = 64
     hold: float = 30.0
     demo: bool = True
+    dashboard: bool = True
     sub_buffer_messages: int = 1000
     sub_buffer_bytes: int = 4 * 1024 * 1024
     sub_stall: float = 30.0
@@ -122,10 +138,12 @@ class Settings:
     max_channels_total: int = 100_000
     max_subscribers: int = 0
     max_connections_per_address: int = 1000
+    max_channels_per_address: int = 1000
     push_rate: float = 20.0
     push_burst: int = 40
     max_retained_bytes: int = 256 * 1024 * 1024
     log_format: str = "text"
+    idempotency_ttl: float = 600.0
 
     @property
     def signing_secret(self) -> str | None:
@@ -148,9 +166,11 @@ class Settings:
             ("max_channels_total", 0),
             ("max_subscribers", 0),
             ("max_connections_per_address", 0),
+            ("max_channels_per_address", 0),
             ("push_rate", 0),
             ("push_burst", 1),
             ("max_retained_bytes", 0),
+            ("idempotency_ttl", 0),
         ):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} ({FIELDS[name][0]}): must be at least {low}")

@@ -9,6 +9,7 @@
      ├── Conflict          409  one2one channel held by another client
      ├── Gone              410  the channel was deleted
      ├── PayloadTooLarge   413
+     ├── Unprocessable     422  an Idempotency-Key reused for a different push
      ├── TooManyRequests   429  rate or connection limit
      └── Unavailable       503  the backend cannot be reached
 
@@ -75,6 +76,10 @@ class Gone(MartdError):
 
 class PayloadTooLarge(MartdError):
     status = 413
+
+
+class Unprocessable(MartdError):
+    status = 422
 
 
 class TooManyRequests(MartdError):

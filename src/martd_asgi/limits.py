@@ -9,8 +9,12 @@ under in ``/metrics``:
   whichever is more;
 - ``subscribers``: subscribers of one channel in this process;
 - ``connections``: open subscriptions from one client address (servers exempt);
+  an address that forwarded headers cannot settle counts as the peer's;
+- ``channels`` (also): channels one client address is subscribed to;
 - ``rate``: pushes per second by one key-holder on one channel (token bucket,
-  keyed by a hash of channel and key, never the key itself), with ``Retry-After``.
+  keyed by a hash of channel and key, never the key itself), with ``Retry-After``;
+- ``key``: wrong keys tried by one address on one channel (token bucket), with
+  ``Retry-After``.
 
 The memory held by retained messages is bounded by the memory backend itself
 (``MemoryBackend.max_retained_bytes``), which evicts rather than refuses.
@@ -18,13 +22,15 @@ The memory held by retained messages is bounded by the memory backend itself
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import ipaddress
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import TooManyRequests
+from .errors import Forbidden, TooManyRequests
 
 if TYPE_CHECKING:
     from .auth import Address, Authority
@@ -32,6 +38,22 @@ if TYPE_CHECKING:
     from .router import Router
 
 BUCKETS_PRUNE_AT = 10_000
+# Counted against when a request carries no peer address at all (not over TCP).
+UNKNOWN = ipaddress.ip_address("0.0.0.0")
+# Wrong keys one address may try on one channel: this many at once, then one
+# every 1 / KEY_FAILURE_RATE seconds.
+KEY_FAILURE_BURST = 10
+KEY_FAILURE_RATE = 0.5
+
+
+class Admission:
+    """An admitted subscription: what ``Limits.release`` gives back when it ends."""
+
+    __slots__ = ("address", "channels")
+
+    def __init__(self, address: Address, channels: Sequence[str]) -> None:
+        self.address = address
+        self.channels = channels
 
 
 class TokenBuckets:
@@ -60,6 +82,14 @@ class TokenBuckets:
         bucket[0] = tokens
         return (1.0 - tokens) / self.rate
 
+    def wait(self, key: bytes, now: float) -> float:
+        """Seconds until ``key`` has a token (0.0: it has one), taking none."""
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            return 0.0
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def prune(self, now: float) -> None:
         """Forget buckets that have filled up again: they are as good as new."""
         full = self.burst / self.rate
@@ -78,11 +108,26 @@ class Limits:
         self.authority = authority
         self.router = router
         self.by_address: dict[Address, int] = {}
+        # channel -> open subscriptions naming it, per address
+        self.channels_by_address: dict[Address, dict[str, int]] = {}
         self.pushes = (
             TokenBuckets(settings.push_rate, settings.push_burst) if settings.push_rate else None
         )
+        self.key_failures = TokenBuckets(KEY_FAILURE_RATE, KEY_FAILURE_BURST)
 
     # -- subscriptions
+
+    def counted_address(self, scope: Mapping[str, Any], headers: Mapping[str, str]) -> Address:
+        """The address a request counts against: the client's, or the peer's when
+        forwarded headers cannot settle it (a client cannot slip by uncounted)."""
+        address = self.authority.address(scope, headers)
+        if address is not None:
+            return address
+        peer = scope.get("client")
+        try:
+            return ipaddress.ip_address(peer[0]) if peer else UNKNOWN
+        except ValueError:
+            return UNKNOWN
 
     def admit(
         self,
@@ -90,8 +135,8 @@ class Limits:
         headers: Mapping[str, str],
         query: Mapping[str, str],
         channels: Sequence[str],
-    ) -> Address | None:
-        """Check a new subscription; returns the address to ``release`` when it ends."""
+    ) -> Admission | None:
+        """Check a new subscription; returns what to ``release`` when it ends."""
         settings = self.settings
         by_channel = self.router.by_channel
         if settings.max_channels_total:
@@ -119,28 +164,51 @@ class Limits:
                         retry_after=5,
                     )
         limit = settings.max_connections_per_address
-        if not limit:
+        channel_limit = settings.max_channels_per_address
+        if not (limit or channel_limit) or self.authority.is_server(scope, headers, query):
             return None
-        address = self.authority.address(scope, headers)
-        if address is None or self.authority.is_server(scope, headers, query):
-            return None
+        address = self.counted_address(scope, headers)
         count = self.by_address.get(address, 0)
-        if count >= limit:
+        if limit and count >= limit:
             raise TooManyRequests(
                 f"connections: at most {limit} open subscriptions from one address",
                 retry_after=5,
             )
+        held = self.channels_by_address.get(address)
+        if channel_limit:
+            new = sum(1 for channel in channels if not held or channel not in held)
+            if new and (len(held) if held else 0) + new > channel_limit:
+                raise TooManyRequests(
+                    f"channels: at most {channel_limit} channels subscribed from one address",
+                    retry_after=5,
+                )
         self.by_address[address] = count + 1
-        return address
+        if held is None:
+            held = self.channels_by_address[address] = {}
+        for channel in channels:
+            held[channel] = held.get(channel, 0) + 1
+        return Admission(address, channels)
 
-    def release(self, address: Address | None) -> None:
-        if address is None:
+    def release(self, admission: Admission | None) -> None:
+        if admission is None:
             return
+        address = admission.address
         count = self.by_address.get(address, 0) - 1
         if count > 0:
             self.by_address[address] = count
         else:
             self.by_address.pop(address, None)
+        held = self.channels_by_address.get(address)
+        if held is None:
+            return
+        for channel in admission.channels:
+            left = held.get(channel, 0) - 1
+            if left > 0:
+                held[channel] = left
+            else:
+                held.pop(channel, None)
+        if not held:
+            del self.channels_by_address[address]
 
     # -- pushes
 
@@ -158,6 +226,34 @@ class Limits:
                 " slow down",
                 retry_after=max(1, math.ceil(wait)),
             )
+
+
+    @contextlib.contextmanager
+    def key_attempt(
+        self, scope: Mapping[str, Any], headers: Mapping[str, str], channel: str, server: bool
+    ) -> Iterator[None]:
+        """Around a push that the channel's key decides: an address that got the key
+        wrong too often on this channel is refused (429) before its key is checked."""
+        if server:
+            yield
+            return
+        address = self.counted_address(scope, headers)
+        digest = hashlib.blake2b(
+            address.packed + b"\0" + channel.encode(), digest_size=16
+        ).digest()
+        now = time.monotonic()
+        wait = self.key_failures.wait(digest, now)
+        if wait > 0:
+            raise TooManyRequests(
+                "key: too many wrong keys for this channel from one address; slow down",
+                retry_after=max(1, math.ceil(wait)),
+            )
+        try:
+            yield
+        except Forbidden as error:
+            if error.extra.get("field") == "key":
+                self.key_failures.take(digest, now)
+            raise
 
 
 def configure_backend(backend: Any, settings: Settings) -> None:

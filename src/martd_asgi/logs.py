@@ -7,7 +7,10 @@ import re
 from urllib.parse import unquote_plus
 
 SENSITIVE = frozenset({"key", "token", "secret", "password", "auth", "martd_auth"})
-_PARAM = re.compile(r"(?P<lead>^|[?&;])(?P<name>[^=&;#\s\"?]+)=(?P<value>[^&;#\s\"]*)")
+_NAME = re.compile(r"(?:^|(?<=[?&;]))(?P<name>[^=&;#\s\"?]+)=")
+# A value runs to the next "&" (or the end of the request target), as the query
+# parser (``parse_qsl``) splits it: a ";" or "#" inside a key is part of the key.
+_VALUE_END = re.compile(r"[&\s]")
 
 
 def _sensitive(name: str) -> bool:
@@ -17,9 +20,17 @@ def _sensitive(name: str) -> bool:
 
 def redact(text: str) -> str:
     """Replace the values of sensitive query parameters with ``***``."""
-    return _PARAM.sub(
-        lambda m: f"{m['lead']}{m['name']}=***" if _sensitive(m["name"]) else m[0], text
-    )
+    out: list[str] = []
+    done = 0
+    for match in _NAME.finditer(text):
+        if match.start() < done or not _sensitive(match["name"]):
+            continue
+        start = match.end()
+        end = _VALUE_END.search(text, start)
+        out.append(text[done:start] + "***")
+        done = end.start() if end else len(text)
+    out.append(text[done:])
+    return "".join(out)
 
 
 class RedactingFilter(logging.Filter):

@@ -58,6 +58,8 @@ class Metrics:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
         self.delivered_bytes = 0
+        self.latency_sum = 0.0  # seconds, over every fan-out: the dashboard's mean by interval
+        self.latency_count = 0
         self.rejected: dict[tuple[str, str], int] = {}
         self._synced: dict[Any, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -131,9 +133,12 @@ class Metrics:
     # -- hot path: once per message and once per refused request
 
     def on_deliver(self, msg: Message, subscribers: int) -> None:
-        self.delivered_bytes += len(msg.data) * subscribers
+        self.delivered_bytes += msg.size * subscribers
         # An etag starts with the wall-clock millisecond at which the push was stored.
-        self.latency.observe(max(0.0, time.time() - msg.key[0] / 1000))
+        latency = max(0.0, time.time() - msg.key[0] / 1000)
+        self.latency.observe(latency)
+        self.latency_sum += latency
+        self.latency_count += 1
 
     def refused(self, error: MartdError) -> None:
         label = (str(error.status), reason(error))

@@ -5,16 +5,23 @@ serves martd at ``/martd/...`` (by setting ``root_path``, which martd strips)
 and forwards everything else to the upstream, so that a site and its pushes
 share one origin during development:
 
-- HTTP: method, path, query string and headers as received; request and response
-  bodies are streamed chunk by chunk, never buffered, so a streaming page or an
-  SSE endpoint of the site keeps working. Hop-by-hop headers are dropped and
-  ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` are set. Redirects and
+- HTTP: method, path, query string and headers as received; the path goes byte
+  for byte under the upstream's own path (``..`` is the site's to resolve, not
+  the proxy's), and ``OPTIONS *`` goes as it came. Request and response bodies
+  are streamed chunk by chunk, never buffered, so a streaming page or an SSE
+  endpoint of the site keeps working.
+- Headers as a site behind nginx (deploy/nginx.conf) sees them: ``Host`` as the
+  browser sent it (on WebSocket upgrades too), hop-by-hop headers dropped,
+  ``X-Forwarded-For`` and ``X-Real-IP`` set to the browser's address and
+  ``X-Forwarded-Proto`` / ``-Host`` set, replacing what the browser wrote; a
+  ``Forwarded``, ``X-Forwarded-Port`` or ``X-Forwarded-Prefix`` it wrote is
+  dropped. Redirects and
   ``Set-Cookie`` go back untouched; no cookie jar is kept, so one user's cookies
   never reach another's requests. An upstream that cannot be reached answers
   ``502``, one that does not answer in time ``504``, both as martd's JSON errors.
 - WebSocket: the upgrade is made to the upstream first (with the ``websockets``
   library); its refusal is passed back as it was, and once both sides are open
-  frames are relayed both ways and close codes passed on.
+  frames are relayed both ways and close codes passed on (``proxy_websocket``).
 
 The ``httpx.AsyncClient`` is injected (``client=``); without one, a client with
 no timeout on reading bodies and a jar that refuses every cookie is made and
@@ -27,10 +34,12 @@ import http.cookiejar
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
 
+from .proxy_websocket import relay_websocket, site_connection
 from .transports.common import Receive, Scope, Send, json_bytes
 
 log = logging.getLogger("martd.proxy")
@@ -49,10 +58,9 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Made anew by the websockets library for the upstream handshake.
+# Made anew by the websockets library for the upstream handshake (Host: the browser's).
 WEBSOCKET_HANDSHAKE = frozenset(
     {
-        b"host",
         b"sec-websocket-key",
         b"sec-websocket-version",
         b"sec-websocket-extensions",
@@ -60,7 +68,18 @@ WEBSOCKET_HANDSHAKE = frozenset(
         b"content-length",
     }
 )
-FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Written by the proxy, or dropped: never passed on as the browser wrote them.
+FORWARDED = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-real-ip",
+    }
+)
 
 
 def make_client(timeout: float = 30.0) -> httpx.AsyncClient:
@@ -86,15 +105,15 @@ def _dropped(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
 def forward_headers(
     scope: Scope, *, skip: frozenset[bytes] = frozenset()
 ) -> list[tuple[bytes, bytes]]:
-    """The request's headers for the upstream: hop-by-hop dropped, X-Forwarded-* set."""
+    """The request's headers for the upstream: hop-by-hop dropped, X-Forwarded-* set
+    (the browser's own are replaced: it is the first hop)."""
     raw: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
     dropped = _dropped(raw) | skip | FORWARDED
     headers = [(name, value) for name, value in raw if name.lower() not in dropped]
-    previous = [value for name, value in raw if name.lower() == b"x-forwarded-for"]
     client = scope.get("client")
-    chain = previous + ([str(client[0]).encode()] if client else [])
-    if chain:
-        headers.append((b"x-forwarded-for", b", ".join(chain)))
+    if client:
+        address = str(client[0]).encode()
+        headers += [(b"x-forwarded-for", address), (b"x-real-ip", address)]
     secure = scope.get("scheme", "http") in ("https", "wss")
     headers.append((b"x-forwarded-proto", b"https" if secure else b"http"))
     host = next((value for name, value in raw if name.lower() == b"host"), None)
@@ -142,15 +161,14 @@ class Proxy:
         if self.owns_client:
             await self.client.aclose()
 
-    def target(self, scope: Scope, *, websocket: bool = False) -> httpx.URL:
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        base_path = self.base.raw_path.rstrip(b"/")
+    def target(self, scope: Scope) -> bytes:
+        """The request target for the upstream: the path as received, byte for byte,
+        under the upstream's path, and the query string; ``*`` stays ``*``."""
+        raw_path = scope.get("raw_path") or quote(scope["path"]).encode()
+        if raw_path == b"*":
+            return raw_path
         query = scope.get("query_string", b"")
-        target = base_path + raw_path + (b"?" + query if query else b"")
-        url = self.base.copy_with(raw_path=target)
-        if websocket:
-            url = url.copy_with(scheme="wss" if url.scheme == "https" else "ws")
-        return url
+        return self.base.raw_path.rstrip(b"/") + raw_path + (b"?" + query if query else b"")
 
     # ------------------------------------------------------------------ HTTP
 
@@ -178,11 +196,17 @@ class Proxy:
             headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
         if not has_body:
             body_done.set()
+        target = self.target(scope)
+        if not target.startswith(b"/") and not (target == b"*" and scope["method"] == "OPTIONS"):
+            await send_error(send, 400, f"path: {scope['path']!r} is not a path")
+            return
+        # httpx would resolve "." and ".." in a URL: the target goes as it is.
         request = httpx.Request(
             scope["method"],
-            self.target(scope),
+            self.base,
             headers=headers,
             content=body() if has_body else None,
+            extensions={"target": target},
         )
         try:
             with anyio.fail_after(self.timeout):
@@ -240,14 +264,17 @@ class Proxy:
         if (await receive())["type"] != "websocket.connect":
             return
         can_deny = "websocket.http.response" in scope.get("extensions", {})
-        url = str(self.target(scope, websocket=True))
+        base = self.base
+        scheme = "wss" if base.scheme == "https" else "ws"
+        port = f":{base.port}" if base.port else ""
+        host = f"[{base.host}]" if ":" in base.host else base.host
+        url = f"{scheme}://{host}{port}{self.target(scope).decode('latin-1')}"
+        headers = forward_headers(scope, skip=WEBSOCKET_HANDSHAKE)
         try:
             upstream = await connect(
                 url,
-                additional_headers=[
-                    (k.decode("latin-1"), v.decode("latin-1"))
-                    for k, v in forward_headers(scope, skip=WEBSOCKET_HANDSHAKE)
-                ],
+                additional_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+                create_connection=site_connection(any(k.lower() == b"host" for k, _ in headers)),
                 subprotocols=scope.get("subprotocols") or None,
                 user_agent_header=None,
                 proxy=None,
@@ -296,7 +323,7 @@ class Proxy:
             {"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": cookies}
         )
         try:
-            await _relay_websocket(upstream, receive, send)
+            await relay_websocket(upstream, receive, send)
         finally:
             await upstream.close()
 
@@ -308,62 +335,6 @@ async def _cancel_on_disconnect(
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()
-
-
-def _sendable(code: int | None) -> int:
-    # 1005 (no code) and 1006 (connection lost) are never sent in a close frame.
-    if code is None or code == 1005:
-        return 1000
-    if code == 1006:
-        return 1011
-    return code
-
-
-async def _relay_websocket(upstream: Any, receive: Receive, send: Send) -> None:
-    from websockets.exceptions import ConnectionClosed
-
-    async with anyio.create_task_group() as group:
-
-        async def from_browser() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "websocket.receive":
-                    text = message.get("text")
-                    try:
-                        await upstream.send(
-                            text if text is not None else message.get("bytes") or b""
-                        )
-                    except ConnectionClosed:
-                        return
-                elif message["type"] == "websocket.disconnect":
-                    try:
-                        await upstream.close(code=_sendable(message.get("code")))
-                    except (ValueError, ConnectionClosed):
-                        await upstream.close()
-                    group.cancel_scope.cancel()
-                    return
-
-        async def from_upstream() -> None:
-            try:
-                async for data in upstream:
-                    key = "text" if isinstance(data, str) else "bytes"
-                    await send({"type": "websocket.send", key: data})
-            except ConnectionClosed:
-                pass
-            except OSError:  # the browser went away
-                group.cancel_scope.cancel()
-                return
-            rcvd = upstream.protocol.close_rcvd
-            code = _sendable(rcvd.code if rcvd else 1006)
-            reason = rcvd.reason if rcvd else ""
-            try:
-                await send({"type": "websocket.close", "code": code, "reason": reason})
-            except (OSError, RuntimeError):
-                pass
-            group.cancel_scope.cancel()
-
-        group.start_soon(from_browser)
-        group.start_soon(from_upstream)
 
 
 class ProxyMiddleware:

@@ -180,7 +180,7 @@ class Subscriber:
         if self.closed:
             return
         if self.busy:
-            self._queue(msg, len(msg.data))
+            self._queue(msg, msg.size)
             return
         # inline self.index(): this runs once per delivery
         index = self.channels.index(msg.channel) if len(self.channels) > 1 else 0
@@ -288,7 +288,7 @@ class Subscriber:
             elif self.closed:
                 continue
             elif isinstance(item, Message):
-                self.backlog_bytes -= len(item.data)
+                self.backlog_bytes -= item.size
                 if not self.stream:
                     rest = [m for m in backlog if isinstance(m, Message)]
                     fresh = self.fresh([item, *rest])

@@ -7,6 +7,10 @@ or the server restarts, reconnects with backoff and resumes from there (SSE's
 Control events (``missed``, ``deleted``) and reconnects go to ``on_notice``; an
 answer that retrying cannot fix (400, 401, 403, 404, 409 ``kicked``) raises the
 client's typed error, and so does a first connection that fails.
+
+A delivery carries the message's ``event`` name and ``type`` when its push gave
+them. SSE asks for ``?format=json``, whose events carry both; from a server that
+sends plain SSE instead, one channel still gets the event name (``event:``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,17 @@ class Delivery:
     channel: str
     etag: str
     data: str
+    event: str | None = None
+    type: str | None = None
+
+    def as_json(self) -> dict[str, str]:
+        """``{"channel", "etag", "data"}``, with ``event`` and ``type`` when set."""
+        body = {"channel": self.channel, "etag": self.etag, "data": self.data}
+        if self.event is not None:
+            body["event"] = self.event
+        if self.type is not None:
+            body["type"] = self.type
+        return body
 
 
 def _ignore(message: str) -> None:
@@ -147,9 +162,8 @@ class Subscription:
 
     def _sse(self) -> Iterator[Delivery]:
         headers = {"accept": "text/event-stream"}
-        with self.http.stream(
-            "GET", self.url + self.path, params=self._params(), headers=headers
-        ) as r:
+        params = self._params() | {"format": "json"}
+        with self.http.stream("GET", self.url + self.path, params=params, headers=headers) as r:
             if r.status_code != 200:
                 r.read()
                 raise error_for(r)
@@ -191,7 +205,12 @@ class Subscription:
             for ch, etag in zip(self.channels, ids, strict=False):
                 if etag:
                     self.etags[ch] = etag
-        return Delivery(channel, self.etags[channel] or "", data)
+        etag = self.etags[channel] or ""
+        wrapped = _json_event(data, etag)
+        if wrapped is not None:
+            return Delivery(channel, etag, *wrapped)
+        event = name if single and name != "message" else None
+        return Delivery(channel, etag, data, event)
 
     # ------------------------------------------------------------- long-poll
 
@@ -221,6 +240,37 @@ class Subscription:
                     self.on_notice(f"{channel}: missed messages (no longer retained)")
                 for message in found.get("messages", []):
                     self.etags[channel] = str(message["etag"])
-                    yield Delivery(channel, str(message["etag"]), str(message["data"]))
+                    event, kind = message.get("event"), message.get("type")
+                    yield Delivery(
+                        channel,
+                        str(message["etag"]),
+                        str(message["data"]),
+                        None if event is None else str(event),
+                        None if kind is None else str(kind),
+                    )
                 if found.get("etag"):
                     self.etags[channel] = str(found["etag"])
+
+
+def _json_event(data: str, etag: str) -> tuple[str, str | None, str | None] | None:
+    """``(data, event, type)`` of a ``?format=json`` event, or None for a plain one.
+
+    A plain payload is never taken for one: the JSON must name this very event's
+    etag, which a payload cannot know before it is pushed.
+    """
+    if not data.startswith("{"):
+        return None
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("etag") != etag or not etag:
+        return None
+    payload, event, kind = body.get("data"), body.get("event"), body.get("type")
+    if not isinstance(payload, str) or set(body) - {"etag", "data", "event", "type"}:
+        return None
+    return (
+        payload,
+        event if isinstance(event, str) else None,
+        kind if isinstance(kind, str) else None,
+    )

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..channels import History, Message, PushAttributes
+
+if TYPE_CHECKING:
+    from ..idempotency import Idempotency
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,20 @@ class PublishResult:
     subscribers: int
     messages: int
     created: bool
+    replayed: bool = False  # v1.1: the answer of an earlier push with the same Idempotency-Key
 
     def body(self) -> dict[str, Any]:
         data = asdict(self)
-        del data["created"]
+        del data["created"], data["replayed"]
         return data
+
+    def answer(self, payload: str) -> dict[str, Any]:
+        """The push's answer: ``body()``, and for an empty push that it reaches nobody."""
+        body = self.body()
+        if not payload:
+            # The original martd's empty push sets attributes; its message is never sent.
+            body["delivered"] = False
+        return body
 
 
 @dataclass(frozen=True)
@@ -71,10 +83,23 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
     async def publish(
-        self, channel: str, data: str, attrs: PushAttributes, *, server: bool
+        self,
+        channel: str,
+        data: str,
+        attrs: PushAttributes,
+        *,
+        server: bool,
+        event: str | None = None,
+        content_type: str | None = None,
+        idempotency: Idempotency | None = None,
     ) -> PublishResult:
         """Store a push and deliver it. Raises Forbidden for a wrong key or a
-        non-server that may not create or change the channel."""
+        non-server that may not create or change the channel.
+
+        ``event`` and ``content_type`` go with the message (v1.1). With
+        ``idempotency``, a push that repeats an earlier one with the same key
+        stores nothing and returns that push's answer (``replayed``); the same
+        key with another fingerprint raises Unprocessable."""
 
     async def info(self, channel: str) -> ChannelInfo | None: ...
 

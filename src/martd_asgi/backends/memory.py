@@ -25,8 +25,10 @@ from ..channels import (
     format_etag,
     hash_key,
     key_matches,
+    key_refusal,
 )
 from ..errors import Conflict, Forbidden, TooManyRequests
+from ..idempotency import Idempotency, IdempotencyTable
 from .base import ChannelInfo, Control, Deliver, PublishResult
 
 # What a retained message costs besides its payload (object, etag, cached frames' headers).
@@ -34,7 +36,7 @@ MESSAGE_OVERHEAD = 200
 
 
 def message_cost(msg: Message) -> int:
-    return len(msg.data) + MESSAGE_OVERHEAD
+    return msg.size + MESSAGE_OVERHEAD
 
 
 class _Channel:
@@ -97,6 +99,7 @@ class MemoryBackend:
         self._subscribers: dict[str, int] = {}
         self._holds: dict[str, _Holds] = {}
         self._expiry: list[tuple[float, str]] = []
+        self.idempotency = IdempotencyTable()
         self._clock = CLOCK
         self._hold = hold
         self._sweep_interval = sweep_interval
@@ -119,6 +122,7 @@ class MemoryBackend:
 
     def _sweep(self) -> None:
         self.expire(time.time())
+        self.idempotency.sweep(time.time())
         now = time.monotonic()
         for name in [n for n, holds in self._holds.items() if holds.holder(now) is None]:
             del self._holds[name]  # every hold on it lapsed
@@ -166,7 +170,15 @@ class MemoryBackend:
     # ------------------------------------------------------------------ pushes
 
     async def publish(
-        self, channel: str, data: str, attrs: PushAttributes, *, server: bool
+        self,
+        channel: str,
+        data: str,
+        attrs: PushAttributes,
+        *,
+        server: bool,
+        event: str | None = None,
+        content_type: str | None = None,
+        idempotency: Idempotency | None = None,
     ) -> PublishResult:
         now = time.time()
         current = self._get(channel)
@@ -175,7 +187,11 @@ class MemoryBackend:
             and current.key_hash is not None
             and not key_matches(current.key_hash, attrs.key)
         ):
-            raise Forbidden("key: this channel needs its key to push", field="key")
+            raise Forbidden(key_refusal(attrs.key), field="key")
+        if idempotency is not None:
+            answered = self.idempotency.answer(channel, idempotency, now)
+            if answered is not None:
+                return answered
         if not server:
             if current is None:
                 raise Forbidden("channel: only a server can create a channel", field="channel")
@@ -211,7 +227,7 @@ class MemoryBackend:
         current.attrs = new_attrs
 
         key = self._clock.next(current.last)
-        msg = Message(channel, key, data, now + new_attrs.life)
+        msg = Message(channel, key, data, now + new_attrs.life, event=event, type=content_type)
         if current.first is None:
             current.first = key
         current.last = key
@@ -237,13 +253,16 @@ class MemoryBackend:
             self._deliver(msg)
         if self.max_retained_bytes and self.retained_bytes > self.max_retained_bytes:
             self.evict()
-        return PublishResult(
+        result = PublishResult(
             channel=channel,
             etag=msg.etag,
             subscribers=self._subscribers.get(channel, 0),
             messages=len(queue),
             created=created,
         )
+        if idempotency is not None:
+            self.idempotency.remember(channel, idempotency, result, now)
+        return result
 
     async def info(self, channel: str) -> ChannelInfo | None:
         current = self._get(channel)
@@ -267,6 +286,7 @@ class MemoryBackend:
         self.retained_bytes -= current.bytes
         del self._channels[channel]
         self._holds.pop(channel, None)
+        self.idempotency.forget(channel)
         self._deliver(Control("deleted", channel))
         return True
 
@@ -375,3 +395,4 @@ class MemoryBackend:
             "retained_bytes": self.retained_bytes,
             "evicted": self.evicted,
         }
+

@@ -42,8 +42,11 @@ from ..channels import (
     etag_key,
     format_etag,
     hash_key,
+    key_refusal,
 )
 from ..errors import Conflict, Forbidden, Unavailable
+from ..idempotency import CAP as IDEMPOTENCY_CAP
+from ..idempotency import Idempotency, reused
 from ..logs import redact
 from . import redis_lua
 from .base import ChannelInfo, Deliver, PublishResult
@@ -58,7 +61,6 @@ COUNT_EVERY = 5.0  # seconds between counts of all channels for /stats
 ID_LIMIT = 1 << 53  # stream ids above this cannot be compared exactly in Lua
 
 FORBIDDEN = {
-    "key": ("key: this channel needs its key to push", "key"),
     "create": ("channel: only a server can create a channel", "channel"),
     "nokey": ("key: only a server can push into this channel", "key"),
     "addkey": (
@@ -164,6 +166,10 @@ class RedisBackend:
         """All keys of a channel: h s clock n o (PUBLISH's KEYS)."""
         return self._names.channel(channel)
 
+    def _idempotency_keys(self, channel: str) -> list[str]:
+        """i ix: the channel's Idempotency-Keys (the last KEYS of PUBLISH and DELETE)."""
+        return self._names.idempotency(channel)
+
     def _keys_hsno(self, channel: str) -> list[str]:
         """h s n o: the KEYS of ATTACH, DETACH, DELETE and REFRESH (no clock)."""
         keys = self._keys(channel)
@@ -265,7 +271,15 @@ class RedisBackend:
     # ------------------------------------------------------------------ pushes
 
     async def publish(
-        self, channel: str, data: str, attrs: PushAttributes, *, server: bool
+        self,
+        channel: str,
+        data: str,
+        attrs: PushAttributes,
+        *,
+        server: bool,
+        event: str | None = None,
+        content_type: str | None = None,
+        idempotency: Idempotency | None = None,
     ) -> PublishResult:
         resolved = attrs.resolved()
 
@@ -285,10 +299,28 @@ class RedisBackend:
             given(attrs.life),
             given(attrs.one2one),
             self._lease_ms,
+            # v1.1, read by the script from the end of ARGV: keep these six last
+            event or "",
+            content_type or "",
+            *_idempotency_args(idempotency),
         ]
-        reply = await self._call(self._publish, self._keys(channel), args)
+        keys = [*self._keys(channel), *self._idempotency_keys(channel)]
+        reply = await self._call(self._publish, keys, args)
+        if reply[0] == "replay":
+            return PublishResult(
+                channel=channel,
+                etag=reply[1],
+                subscribers=int(reply[2]),
+                messages=int(reply[3]),
+                created=bool(reply[4]),
+                replayed=True,
+            )
         if reply[0] == "err":
             reason = reply[1]
+            if reason == "idempotency" and idempotency is not None:
+                raise reused(idempotency.key)
+            if reason == "key":
+                raise Forbidden(key_refusal(attrs.key), field="key")
             if reason in FORBIDDEN:
                 message, field = FORBIDDEN[reason]
                 raise Forbidden(message, field=field)
@@ -324,6 +356,7 @@ class RedisBackend:
 
     async def delete(self, channel: str) -> bool:
         keys = [*self._keys_hsno(channel), self._names.gone(channel)]
+        keys += self._idempotency_keys(channel)  # DELETE reads them from the end of KEYS
         reply = await self._call(self._delete, keys, [self._fanout.events, channel])
         return bool(reply)
 
@@ -343,7 +376,9 @@ class RedisBackend:
             data = _field(fields, "d")
             mkey = etag_key(ident)
             if data and mkey is not None:
-                live.append(Message(channel, mkey, data, int(_field(fields, "x") or 0) / 1000))
+                expires = int(_field(fields, "x") or 0) / 1000
+                event, ctype = _field(fields, "e") or None, _field(fields, "t") or None
+                live.append(Message(channel, mkey, data, expires, event=event, type=ctype))
         if after is None:
             return History([], missed=False, last_etag=last_etag, exists=True)
         if after == "0":
@@ -457,6 +492,12 @@ def _brief(exc: BaseException) -> str:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _idempotency_args(idem: Idempotency | None) -> list[Any]:
+    if idem is None:
+        return ["", "", 0, IDEMPOTENCY_CAP]
+    return [idem.key, idem.fingerprint, max(1, int(idem.ttl * 1000)), IDEMPOTENCY_CAP]
 
 
 def _arg(value: Any) -> str:

@@ -1,7 +1,8 @@
 """Fan-out for the Redis backend: ONE pub/sub connection per process.
 
 Every push's script PUBLISHes a notification that carries the whole message
-(channel, etag, expiry, data) or a control; this process's single listener
+(channel, etag, expiry, data; ``M`` instead of ``m`` when it also has an event
+name or a type) or a control; this process's single listener
 hands them to the router, in the order Redis ran the scripts.
 
 Nothing is lost when that connection breaks (Redis restarted, failover,
@@ -131,6 +132,14 @@ class Fanout:
             key = etag_key(etag)
             if key is not None:
                 self.hand(Message(channel, key, data, int(expires) / 1000))
+        elif kind == "M":  # v1.1: a message with an event name or a type
+            channel, etag, expires, event, ctype, data = raw[1:].split("\n", 5)
+            key = etag_key(etag)
+            if key is not None:
+                msg = Message(
+                    channel, key, data, int(expires) / 1000, event=event or None, type=ctype or None
+                )
+                self.hand(msg)
         elif kind == "k":
             channel, keep = raw[1:].split("\n", 1)
             self.emit(Control("kicked", channel, keep or None))
@@ -192,7 +201,8 @@ class Fanout:
                     expires = int(fields.get("x", "0")) / 1000
                     data = fields.get("d", "")
                     if data and expires > now:
-                        self.hand(Message(channel, key, data, expires))
+                        event, ctype = fields.get("e") or None, fields.get("t") or None
+                        self.hand(Message(channel, key, data, expires, event=event, type=ctype))
                     else:
                         self.seen[channel] = key
 

@@ -36,6 +36,11 @@ class KeyNames:
         """The newest etag of a deleted channel, for processes that did not hear of it."""
         return f"{self.prefix}:{{{name}}}:g"
 
+    def idempotency(self, name: str) -> list[str]:
+        """i ix: the answers to pushes that gave an Idempotency-Key, and when each expires."""
+        base = f"{self.prefix}:{{{name}}}:"
+        return [base + "i", base + "ix"]
+
     def clock(self, key: str) -> str:
         """The id clock of the slot ``key`` is in."""
         if not self._per_slot:

@@ -9,10 +9,13 @@ Times are Redis's own clock (``TIME``), the same for every process.
 Keys of a channel (see docs/scaling.md), each expiring with what it holds:
 
     h   hash    size life one2one key(sha256) first last dropped droppedl nx mx lx fifo
-    s   stream  one entry per message: x (expiry, ms since the epoch), d (data)
+    s   stream  one entry per message: x (expiry, ms since the epoch), d (data),
+                then e (event name) and t (type) when the push gave them
     n   hash    node -> "connections lease-expiry": subscribers per process
     o   hash    cid -> "arrival expiry" (one2one holds and their order), "#" -> counter
     g   string  newest id of a deleted channel, while subscribers' leases on it last
+    i   hash    Idempotency-Key -> "fingerprint etag subscribers messages created"
+    ix  zset    Idempotency-Key -> expiry (ms); i and ix expire with their newest record
 
 and the id clock of the slot (``redis_keys``), a string: the newest id given
 out there. It is the one key that outlives channels, so that ids only grow.
@@ -194,9 +197,12 @@ local function set_conns(n, node, conns, now, lease)
 end
 """
 
-# KEYS h s clock n o; ARGV events channel data server size life one2one keyhash
+# KEYS h s clock n o i ix; ARGV events channel data server size life one2one keyhash
 #   given_size given_life given_one2one lease_ms
-# -> {'ok', etag, subscribers, messages, created, kicked, keep}  or  {'err', reason}
+#   event type idem_key idem_fingerprint idem_ttl_ms idem_cap
+# (i ix and the six v1.1 arguments are read from the ends of KEYS and ARGV.)
+# -> {'ok', etag, subscribers, messages, created}  or  {'err', reason}
+#    or {'replay', etag, subscribers, messages, created} (the answer to an earlier push)
 PUBLISH = r"""
 local h, s, clock, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local events, channel, data = ARGV[1], ARGV[2], ARGV[3]
@@ -212,6 +218,28 @@ if exists then
 end
 local cur_key = cur[4]
 if cur_key and cur_key ~= keyhash then return {'err', 'key'} end
+
+-- v1.1: the message's event and type, and its Idempotency-Key: a repeated push
+-- stores nothing and gets the first answer.
+local ik, ix = KEYS[#KEYS - 1], KEYS[#KEYS]
+local v11 = #ARGV - 6
+local ev, ty, ikey, ifp = ARGV[v11 + 1], ARGV[v11 + 2], ARGV[v11 + 3], ARGV[v11 + 4]
+local ittl, icap = tonumber(ARGV[v11 + 5]), tonumber(ARGV[v11 + 6])
+if ikey ~= '' then
+  local old = redis.call('ZRANGEBYSCORE', ix, '-inf', fmt(now), 'LIMIT', 0, 100)
+  if #old > 0 then
+    redis.call('ZREM', ix, unpack(old))
+    redis.call('HDEL', ik, unpack(old))
+  end
+  local until_ms = tonumber(redis.call('ZSCORE', ix, ikey) or '0')
+  local seen = redis.call('HGET', ik, ikey)
+  if seen and until_ms > now then
+    local f = {}
+    for part in string.gmatch(seen, '%S+') do f[#f + 1] = part end
+    if f[1] ~= ifp then return {'err', 'idempotency'} end
+    return {'replay', f[2], tonumber(f[3]), tonumber(f[4]), tonumber(f[5])}
+  end
+end
 local size, life, one2one
 if not server then
   if not exists then return {'err', 'create'} end
@@ -231,7 +259,11 @@ local switched_on = one2one == '1' and ((exists and cur[3] ~= '1') or (not exist
 
 local id = next_id(clock, now, exists and redis.call('HGET', h, 'last'))
 local x = now + tonumber(life) * 1000
-redis.call('XADD', s, id, 'x', fmt(x), 'd', data)
+if ev == '' and ty == '' then
+  redis.call('XADD', s, id, 'x', fmt(x), 'd', data)
+else
+  redis.call('XADD', s, id, 'x', fmt(x), 'd', data, 'e', ev, 't', ty)
+end
 
 local dropped = cur[5] or '0-0'
 local droppedl = cur[6] or '0-0'
@@ -280,10 +312,27 @@ if switched_on then
   redis.call('PUBLISH', events, 'k' .. channel .. '\n' .. keep)
 end
 if data ~= '' then
-  redis.call('PUBLISH', events, 'm' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. data)
+  if ev == '' and ty == '' then
+    redis.call('PUBLISH', events, 'm' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. data)
+  else
+    redis.call('PUBLISH', events, 'M' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. ev
+      .. '\n' .. ty .. '\n' .. data)
+  end
 end
 local created = 0
 if not exists then created = 1 end
+if ikey ~= '' then
+  redis.call('HSET', ik, ikey, ifp .. ' ' .. id .. ' ' .. fmt(subs) .. ' ' .. fmt(len) .. ' '
+    .. fmt(created))
+  redis.call('ZADD', ix, fmt(now + ittl), ikey)
+  local over = redis.call('ZCARD', ix) - icap
+  if over > 0 then
+    local gone = redis.call('ZPOPMIN', ix, over)
+    for i = 1, #gone, 2 do redis.call('HDEL', ik, gone[i]) end
+  end
+  redis.call('PEXPIRE', ik, ittl)
+  redis.call('PEXPIRE', ix, ittl)
+end
 return {'ok', id, subs, len, created}
 """
 
@@ -317,7 +366,7 @@ if not given then return {last, 0, droppedl, redis.call('XRANGE', s, '-', '+')} 
 return {last, 1, droppedl, redis.call('XRANGE', s, '(' .. after, '+')}
 """
 
-# KEYS h s n o g; ARGV events channel -> 1 deleted, 0 no such channel
+# KEYS h s n o g i ix; ARGV events channel -> 1 deleted, 0 no such channel
 DELETE = r"""
 local h, s, n, o, g = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = now_ms()
@@ -326,7 +375,7 @@ if not alive(h, s, n, now) then return 0 end
 -- reconnects, while its subscribers' lease on the channel lasts.
 local ttl = redis.call('PTTL', n)
 if ttl > 0 then redis.call('SET', g, redis.call('HGET', h, 'last') or '0-0', 'PX', ttl) end
-redis.call('DEL', h, s, o)
+redis.call('DEL', h, s, o, KEYS[#KEYS - 1], KEYS[#KEYS])
 redis.call('PUBLISH', ARGV[1], 'd' .. ARGV[2])
 return 1
 """

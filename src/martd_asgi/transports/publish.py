@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..channels import check_name, parse_push_attributes
+from .. import idempotency
+from ..channels import check_event, check_name, message_type, parse_push_attributes
 from ..errors import Forbidden, NotFound
 from .common import Receive, Request, Send, decode_payload, read_body, send_json
 
@@ -17,7 +18,12 @@ async def publish(
 ) -> None:
     check_name(channel)
     attrs = parse_push_attributes(request.query)
+    event = check_event(request.query["event"]) if "event" in request.query else None
+    content_type = message_type(request.headers.get("content-type"))
+    idem_key = idempotency.key_from(request.headers)
     data = decode_payload(await read_body(receive, request.headers, app.settings.max_payload))
+    ttl = app.settings.idempotency_ttl
+    idem = idempotency.make(idem_key, data, attrs, event, content_type, ttl)
     server = app.authority.is_server(request.scope, request.headers, request.query, channel)
     if not server and attrs.key is None:
         raise Forbidden(
@@ -27,10 +33,20 @@ async def publish(
         )
     if not server:
         app.limits.check_push(channel, attrs.key)
-    result = await app.backend.publish(channel, data, attrs, server=server)
-    app.counters["published"] += 1
-    app.counters["published_bytes"] += len(data.encode()) if not data.isascii() else len(data)
-    await send_json(send, 201 if result.created else 200, result.body())
+    with app.limits.key_attempt(request.scope, request.headers, channel, server):
+        result = await app.backend.publish(
+            channel,
+            data,
+            attrs,
+            server=server,
+            event=event,
+            content_type=content_type,
+            idempotency=idem,
+        )
+    if not result.replayed:
+        app.counters["published"] += 1
+        app.counters["published_bytes"] += len(data.encode()) if not data.isascii() else len(data)
+    await send_json(send, 201 if result.created else 200, result.answer(data))
 
 
 async def info(app: MartdApp, request: Request, channel: str, send: Send) -> None:

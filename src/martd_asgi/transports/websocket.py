@@ -13,23 +13,37 @@ Server to client, text frames of JSON:
 
 Client to server: ``{"type": "pub", "channel": C, "data": D, "key": K, "id": N}``
 pushes exactly like ``POST /pub/C?key=K`` by the same client (``size``,
-``life``, ``one2one`` may be given as in the query string); ``{"type": "ping"}``.
+``life``, ``one2one`` and ``event`` may be given as in the query string,
+``content_type`` as the Content-Type header and ``idempotency_key`` as the
+Idempotency-Key header); ``{"type": "ping"}``.
+
+A message frame carries ``"event"`` and ``"type"`` too when its push gave them.
 
 Close codes: 1000 when the client leaves, 1012 on shutdown, 4409 after
 ``kicked`` and 4410 after ``deleted`` (the control frame comes first, so the
-close code is only a second way to learn it), 1008 for frames that are not
-JSON objects. A subscriber that does not keep up is dropped without a close
-frame (its socket is full); like every other, it resumes by etag.
+close code is only a second way to learn it), 1008 (with the reason) for
+frames that are not JSON objects in UTF-8. A subscriber that does not keep up
+is dropped without a close frame (its socket is full); like every other, it
+resumes by etag.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .. import idempotency
 from ..backends.base import Control
-from ..channels import History, Message, check_name, parse_push_attributes
+from ..channels import (
+    History,
+    Message,
+    check_event,
+    check_name,
+    message_type,
+    parse_push_attributes,
+)
 from ..errors import BadRequest, Forbidden, MartdError, PayloadTooLarge, Unavailable
 from ..subscriber import Subscriber, _uncancel
 from .common import Receive, Request, Send, Subscription
@@ -133,13 +147,29 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
             name: _text(body[name]) for name in ("size", "life", "one2one", "key") if name in body
         }
         attrs = parse_push_attributes(given)
+        event = check_event(_text(body["event"])) if "event" in body else None
+        content_type = message_type(_text(body["content_type"])) if "content_type" in body else None
+        idem_key = None
+        if "idempotency_key" in body:
+            idem_key = idempotency.check_key(_text(body["idempotency_key"]))
+        ttl = app.settings.idempotency_ttl
+        idem = idempotency.make(idem_key, data, attrs, event, content_type, ttl)
         server = app.authority.is_server(request.scope, request.headers, request.query, channel)
         if not server and attrs.key is None:
             raise Forbidden("key: not a server; pushing needs the channel's key", field="key")
         if not server:
             app.limits.check_push(channel, attrs.key)
         try:
-            result = await app.backend.publish(channel, data, attrs, server=server)
+            with app.limits.key_attempt(request.scope, request.headers, channel, server):
+                result = await app.backend.publish(
+                    channel,
+                    data,
+                    attrs,
+                    server=server,
+                    event=event,
+                    content_type=content_type,
+                    idempotency=idem,
+                )
         except MartdError:
             raise
         except Exception:
@@ -148,9 +178,40 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
     except MartdError as error:
         app.metrics.refused(error)
         return frame({"type": "error", "id": ident, **error.body(), "status": error.status})
-    app.counters["published"] += 1
-    app.counters["published_bytes"] += len(data.encode())
-    return frame({"type": "ack", "id": ident, **result.body()})
+    if not result.replayed:
+        app.counters["published"] += 1
+        app.counters["published_bytes"] += len(data.encode())
+    return frame({"type": "ack", "id": ident, **result.answer(data)})
+
+
+def read_frame(message: Mapping[str, Any]) -> dict[str, Any] | str:
+    """The client's frame as a JSON object, or the reason to close on it."""
+    text = message.get("text")
+    if text is None:
+        try:
+            text = (message.get("bytes") or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return "frames are JSON objects in UTF-8"
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        return "frame: nested too deeply"
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return "frames are JSON objects"
+    return body
+
+
+def _unsendable(value: Any) -> str | None:
+    """Why ``value`` could not go back in a frame (JSON escapes can make lone surrogates)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return "frame: a string holds a lone surrogate; send valid Unicode"
+    except (RecursionError, ValueError):
+        return "frame: nested too deeply"
+    return None
 
 
 def _well_formed(text: str) -> bool:
@@ -180,12 +241,15 @@ async def listen(
                 break
             if kind != "websocket.receive" or sub.closed:
                 continue
-            try:
-                body = json.loads(message.get("text") or message.get("bytes") or b"")
-            except ValueError:
-                body = None
-            if not isinstance(body, dict):
-                sub.finish([close(POLICY, "frames are JSON objects")])
+            body = read_frame(message)
+            if isinstance(body, str):
+                sub.finish([close(POLICY, body)])
+                continue
+            problem = _unsendable(body)
+            if problem is not None:
+                ident = body.get("id") if _unsendable(body.get("id")) is None else None
+                error = BadRequest(problem)
+                sub.reply(frame({"type": "error", "id": ident, **error.body(), "status": 400}))
                 continue
             what = body.get("type")
             if what == "pub":
