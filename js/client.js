@@ -716,7 +716,8 @@
       alive();
       var body = parse(e.data);
       if (!body) return;
-      if (!body.type) h.msg(body.channel, body.etag, body.data, body);
+      // a message has data (its type, if any, is its content type); other frames do not
+      if (typeof body.data === "string") h.msg(body.channel, body.etag, body.data, body);
       else if (body.type === "ack" || body.type === "error") settle(body);
       else if (body.type !== "ping" && body.type !== "pong") h.control(body.type, body.channel);
     };

@@ -273,3 +273,22 @@ def test_a_channel_refused_for_another_tab_ends_there_alone(context: Any, sites:
         lambda: httpx.get(f"{sites.url}/stats", headers=AUTH).json()["connections"] == {"sse": 1},
         "one connection for both tabs",
     )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_callback_gets_the_event_and_type_on_each_transport(
+    context: Any, sites: Sites, transport: str
+) -> None:
+    channel = f"meta-{transport}"
+    named = httpx.post(
+        f"{sites.url}/pub/{channel}",
+        content=b'{"n": 1}',
+        params={"event": "chat"},
+        headers=AUTH | {"content-type": "application/json"},
+    ).json()["etag"]
+    plain = push(sites, channel, "plain")
+    page = open_page(context, sites.page(f"/meta-{transport}", transport=transport))
+    page.evaluate(f"listen('{channel}')")
+    assert got(page, 2) == [[channel, '{"n": 1}', named], [channel, "plain", plain]]
+    metas = page.evaluate("window.got.map(function (m) { return JSON.stringify(m[3]); })")
+    assert metas == ['{"event":"chat","type":"application/json"}', "{}"]
