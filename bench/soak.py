@@ -69,6 +69,7 @@ class Tally:
     ops: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
     def ok(self, kind: str) -> None:
         self.ops[kind] = self.ops.get(kind, 0) + 1
@@ -76,7 +77,7 @@ class Tally:
     def fail(self, kind: str, why: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
         if len(self.examples) < 10:
-            self.examples.append(f"{kind}: {why}")
+            self.examples.append(f"{time.monotonic() - self.started:.1f} s {kind}: {why}")
 
 
 def free_port() -> int:
@@ -299,6 +300,7 @@ async def soak(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             final = await stats(client, server.base)
     finally:
         server.stop()
+    log = (workdir / "server.log").read_text(errors="replace").splitlines()
     half = [(t, m) for t, m in samples if t >= duration / 2]
     assert reference is not None
     return {
@@ -314,8 +316,17 @@ async def soak(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "ops": tally.ops,
         "errors": tally.errors,
         "error_examples": tally.examples,
+        "server_log": log[-30:],
         "samples": samples,
     }
+
+
+def per_minute(samples: list[tuple[float, float]]) -> list[float]:
+    """The first sample of each minute of the load."""
+    out: dict[int, float] = {}
+    for t, m in samples:
+        out.setdefault(int(t // 60), m)
+    return list(out.values())
 
 
 def report(result: dict[str, Any]) -> str:
@@ -336,6 +347,7 @@ def report(result: dict[str, Any]) -> str:
         ),
         ("RSS slope, second half of the load", f"{result['slope_mib_per_min']:.3f} MiB/min"),
         ("retained messages / bytes", retained),
+        ("RSS each minute (MiB)", " ".join(f"{m:.0f}" for m in per_minute(result["samples"]))),
     ]
     lines = ["| soak | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
@@ -397,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         broken.append(f"settled RSS {grown:+.1f} MiB > {opts.max_settle} MiB above the reference")
     if result["errors"]:
         broken.append(f"errors: {result['errors']}")
+        broken.extend(result["error_examples"])
+        broken.extend(f"server: {line}" for line in result["server_log"])
     for line in broken:
         print(f"soak: {line}", file=sys.stderr)
     return 1 if broken else 0

@@ -4,6 +4,8 @@
  *   handle.cancel();
  *   martd.pub("channel", key, data, {size: 20, event: "chat"}).then(...);
  *   martd.on("missed" | "kicked" | "deleted" | "state" | "error", function (detail) {});
+ *   martd.on("join" | "leave", function (who) {});  // who: {channel, cid, user}
+ *   martd.presence("channel").then(function (clients) {});
  *   martd.config({transport: "jsonp", share: false, credentials: true});
  *
  * Without an etag a subscription starts where this tab last left the channel
@@ -205,7 +207,8 @@
     return true;
   }
 
-  function control(type, channel) {
+  function control(type, channel, body) {
+    if (type === "join" || type === "leave") return presenceEvent(type, channel, body);
     if (type === "missed") {
       if (subs[channel]) emit("missed", { channel: channel });
       return;
@@ -431,7 +434,7 @@
     }
     if (m.t === "m") dispatch(m.c, m.e, m.d, m.x);
     else if (m.t === "e") record(m.c).etag = m.e;
-    else if (m.t === "c") control(m.type, m.c);
+    else if (m.t === "c") control(m.type, m.c, m.b);
     else if (m.t === "s") { setLive(m.live || []); setState(m.state, m.transport); }
     else if (m.t === "x") emit("error", m.detail);
     else if (m.t === "r") end(m.detail.channel, "error", m.detail);
@@ -578,10 +581,10 @@
         record(channel).etag = etag;
         post({ t: "e", c: channel, e: etag });
       },
-      control: function (type, channel) {
+      control: function (type, channel, body) {
         if (c.dead) return;
-        post({ t: "c", type: type, c: channel });
-        control(type, channel);
+        post({ t: "c", type: type, c: channel, b: body });
+        control(type, channel, body);
       },
       error: function (detail) {
         if (c.dead) return;
@@ -696,7 +699,7 @@
     }
     es.addEventListener("martd", function (e) {
       var body = parse(e.data);
-      if (body && body.type) h.control(body.type, body.channel);
+      if (body && body.type) h.control(body.type, body.channel, body);
     });
     return { close: function () { es.close(); } };
   }
@@ -719,7 +722,7 @@
       // a message has data (its type, if any, is its content type); other frames do not
       if (typeof body.data === "string") h.msg(body.channel, body.etag, body.data, body);
       else if (body.type === "ack" || body.type === "error") settle(body);
-      else if (body.type !== "ping" && body.type !== "pong") h.control(body.type, body.channel);
+      else if (body.type !== "ping" && body.type !== "pong") h.control(body.type, body.channel, body);
     };
     ws.onclose = function () {
       clearTimeout(idle);
@@ -828,6 +831,34 @@
     (doc.head || doc.documentElement).appendChild(tag);
     return { abort: function () { done = null; finish(0, null); } };
   }
+
+  // ------------------------------------------------ presence (v1.1)
+  // Who is here: join/leave events reach martd.on("join"/"leave") on streams
+  // (EventSource, WebSocket; a long-poll is not told). The list needs server
+  // rights on the channel: a token that grants publish (cfg.token or the
+  // martd_auth cookie), or a page on an allowed address.
+
+  function presenceEvent(type, channel, body) {
+    if (!subs[channel] || !body) return;
+    emit(type, { channel: channel, cid: body.cid, user: body.user === undefined ? null : body.user });
+  }
+
+  // A Promise of [{cid, user, transport}] (null without Promise); rejects with an
+  // Error whose status is the server's answer (403 without server rights on it).
+  martd.presence = function (channel) {
+    var url = cfg.url + "/pub/" + encodeURIComponent(channel) + "?presence=1";
+    if (cfg.token) url += "&token=" + encodeURIComponent(cfg.token);
+    if (!win.Promise) return null;
+    return new win.Promise(function (resolve, reject) {
+      xhrGet(url, 20000, function (status, answer) {
+        if (status === 200 && answer && answer.clients) return resolve(answer.clients);
+        var error = new Error((answer && answer.error) || "martd: presence failed (" + status + ")");
+        error.status = status;
+        reject(error);
+      });
+    });
+  };
+  // ------------------------------------------------ end of presence
 
   var TRANSPORTS = {
     sse: eventSource,

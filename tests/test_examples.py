@@ -34,6 +34,9 @@ ASGI_EXAMPLES = {
 }
 
 
+EXAMPLE_SECRET = "example-secret-" + "x" * 24  # /martd/stats: the Django example allows no address
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -85,7 +88,7 @@ def asgi_example(name: str, log: Path) -> Iterator[tuple[str, subprocess.Popen[b
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", *ASGI_EXAMPLES[name], "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    with started(command, url + "/", log) as process:
+    with started(command, url + "/", log, {"MARTD_SECRET": EXAMPLE_SECRET}) as process:
         yield url, process
 
 
@@ -163,7 +166,10 @@ async def test_examples_asgi_app_ends_martds_streams_on_shutdown(name: str, tmp_
 
 async def subscribers(url: str) -> int:
     async with httpx.AsyncClient(timeout=5) as client:
-        return int((await client.get(url + "/martd/stats")).json()["subscribers"])
+        stats = await client.get(
+            url + "/martd/stats", headers={"authorization": f"Bearer {EXAMPLE_SECRET}"}
+        )
+        return int(stats.json()["subscribers"])
 
 
 @pytest.mark.browser
@@ -230,3 +236,83 @@ async def test_examples_flask_app_behind_martd_serve_publishes_over_http(tmp_pat
                 assert answer.status_code == 200, answer.text
                 event = await stream.next()
                 assert event == {"id": answer.json()["etag"], "data": '{"text": "from flask"}'}
+
+
+def manage(*args: str, env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "examples/django_site/manage.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env=os.environ | env,
+    )
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+@pytest.mark.browser
+async def test_examples_django_session_login_decides_who_reads_a_private_channel(
+    tmp_path: Path,
+) -> None:
+    """The auth hook with Django's own login: martd asks the site with the browser's
+    session cookie. Alice reads her channel; nobody else does."""
+    chromium = shutil.which("chromium")
+    require("browser", chromium is not None, "install Debian's chromium")
+    from playwright.async_api import Browser, Page, async_playwright
+
+    password = "correct-horse-battery-staple"
+    env = {"NEWSROOM_DB": str(tmp_path / "db.sqlite3"), "MARTD_SECRET": EXAMPLE_SECRET}
+    manage("migrate", "-v0", env=env)
+    for name in ("alice", "bob"):  # user ids 1 and 2
+        manage(
+            "createsuperuser", "--noinput", "--username", name, "--email", f"{name}@example.com",
+            env=env | {"DJANGO_SUPERUSER_PASSWORD": password},
+        )  # fmt: skip
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env["MARTD_AUTH_URL"] = f"{url}/martd-auth"
+    command = [sys.executable, "-m", "uvicorn", *ASGI_EXAMPLES["django"], "--port", str(port)]
+
+    async def status_of(page: Page, path: str) -> int:
+        """What martd answers this page's own request (its cookies included)."""
+        script = "path => fetch(path).then(answer => answer.status)"
+        return int(await page.evaluate(script, path))
+
+    async def logged_in(browser: Browser, name: str) -> Page:
+        page = await (await browser.new_context()).new_page()
+        await page.goto(url + "/login")
+        await page.fill("input[name=username]", name)
+        await page.fill("input[name=password]", password)
+        await page.click("button")
+        await page.wait_for_url(url + "/inbox", timeout=10000)
+        return page
+
+    with started(command, url + "/", tmp_path / "django.log", env):
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=chromium, args=["--no-sandbox"]
+            )
+            try:
+                anonymous = await (await browser.new_context()).new_page()
+                await anonymous.goto(url + "/login")
+                assert await status_of(anonymous, "/martd/sub/user:1?timeout=1") == 401
+
+                alice = await logged_in(browser, "alice")
+                deadline = time.monotonic() + 10
+                while await subscribers(url) < 1:  # her inbox listens on user:1
+                    assert time.monotonic() < deadline, "the inbox did not subscribe"
+                    await asyncio.sleep(0.05)
+                await alice.fill("input[name=text]", "only for alice")
+                await alice.click("button")
+                item = await alice.wait_for_selector("#notes li", timeout=5000)
+                assert item is not None and await item.inner_text() == "only for alice"
+                assert await alice.inner_text("#status") == ""
+                assert await status_of(alice, "/martd/sub/user:2?timeout=1") == 403
+
+                bob = await logged_in(browser, "bob")
+                assert await status_of(bob, "/martd/sub/user:1?timeout=1") == 403
+                assert await status_of(bob, "/martd/sub/user:2?timeout=1&etag=0") == 200
+            finally:
+                await browser.close()
+    log = (tmp_path / "django.log").read_text()
+    assert "sessionid" not in log

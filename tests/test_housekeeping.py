@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -72,3 +74,35 @@ def test_housekeeping_sweep_returns_free_heap_to_the_system() -> None:
     keeper.sweep()
     after = rss()
     assert keep and before - after > 50_000, (before, after)  # KiB: most of ~190 MiB freed
+
+
+@pytest.mark.anyio
+async def test_websocket_upgrade_leaves_no_http_protocol_for_the_collector() -> None:
+    """After an upgrade uvicorn's HTTP protocol object would wait, in a reference
+    cycle with its parser, for a full collection (rare when martd tunes the
+    collector); martd's HTTP protocol lets go of it at once."""
+    import gc
+
+    from websockets.asyncio.client import connect
+
+    from conftest import running
+    from martd_asgi import create_app
+    from martd_asgi.protocols import HTTP, WEBSOCKET, HTTPProtocol
+
+    def left() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is HTTPProtocol)
+
+    with running(create_app(), http=HTTP, ws=WEBSOCKET) as server:
+        url = server.url.replace("http://", "ws://")
+        gc.collect()
+        gc.disable()  # only reference counting frees anything now
+        try:
+            for n in range(30):
+                async with connect(f"{url}/sub/churn{n}", compression=None) as ws:
+                    await ws.send(json.dumps({"type": "ping"}))
+                    await ws.recv()
+            async with asyncio.timeout(5):
+                while left() > 0:  # the server's thread finishes each close
+                    await asyncio.sleep(0.02)
+        finally:
+            gc.enable()

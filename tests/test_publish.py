@@ -171,6 +171,7 @@ async def test_publish_info_and_delete(client: httpx.AsyncClient) -> None:
         "life": 99,
         "one2one": False,
         "has_key": True,
+        "presence": False,
     }
     deleted = await client.delete("/pub/info")
     assert deleted.status_code == 200

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import dashboard, logformat, logs, signals
 from .auth import Authority
+from .authhook import AuthHook
 from .backends.base import Backend, make_backend
 from .channels import check_event, check_name, message_type, parse_push_attributes
 from .config import Settings
@@ -59,14 +60,17 @@ class MartdApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.authority = Authority(settings)
+        self.hook = AuthHook.from_settings(settings)
         self.router = Router(
             max_backlog=settings.sub_buffer_messages,
             max_backlog_bytes=settings.sub_buffer_bytes,
             stall=settings.sub_stall,
             ping=settings.ping,
+            presence_rate=settings.presence_rate,
         )
         self.router.sndbuf = settings.sub_sndbuf
-        self.backend: Backend = make_backend(settings.backend, hold=settings.hold)
+        lease = {"lease": settings.lease} if settings.backend != "memory" else {}
+        self.backend: Backend = make_backend(settings.backend, hold=settings.hold, **lease)
         configure_backend(self.backend, settings)
         self.limits = Limits(settings, self.authority, self.router, self.backend)
         self.log = logging.getLogger("martd")
@@ -95,6 +99,8 @@ class MartdApp:
             if self.started:
                 return
             await self.backend.start(self.router.deliver)
+            if self.hook is not None:
+                self.hook.start()
             self.router.start(interval=min(0.25, self.settings.ping / 2))
             logs.install("uvicorn.access", "uvicorn.error", "martd")
             logformat.apply(self.settings.log_format)
@@ -116,6 +122,8 @@ class MartdApp:
         self.router.stop()
         await self.metrics.stop()
         await self.backend.aclose()
+        if self.hook is not None:
+            await self.hook.aclose()
         self.started = False
 
     def begin_shutdown(self) -> None:
@@ -155,28 +163,33 @@ class MartdApp:
         self,
         channel: str,
         data: str,
-        size: int = 10,
-        life: int = 3600,
-        one2one: bool = False,
+        size: int | None = None,
+        life: int | None = None,
+        one2one: bool | None = None,
         key: str | None = None,
         *,
+        presence: bool | None = None,
         event: str | None = None,
         content_type: str | None = None,
     ) -> str:
         """Push as a server, in process; returns the new etag.
 
-        ``event`` names the message's event and ``content_type`` becomes its
-        ``type``, as ``?event=`` and the Content-Type header of ``POST /pub`` do.
+        An attribute left out gets its namespace's default, else the global one
+        (``size=10``, ``life=3600``, ``one2one=False``). ``event`` names the
+        message's event and ``content_type`` becomes its ``type``, as ``?event=``
+        and the Content-Type header of ``POST /pub`` do.
         """
         await self.startup()
         check_name(channel)
-        given = {"size": str(size), "life": str(life), "one2one": str(bool(one2one)).lower()}
+        given = {"size": size, "life": life, "one2one": one2one, "presence": presence}
+        query = {name: str(value).lower() for name, value in given.items() if value is not None}
         if key is not None:
-            given["key"] = key
+            query["key"] = key
+        attrs = self.settings.namespaces.apply(channel, parse_push_attributes(query))
         result = await self.backend.publish(
             channel,
             data,
-            parse_push_attributes(given),
+            attrs,
             server=True,
             event=None if event is None else check_event(event),
             content_type=message_type(content_type),
@@ -362,6 +375,7 @@ class MartdApp:
             "rejected": {f"{s} {r}": n for (s, r), n in sorted(self.metrics.rejected.items())},
             **self.router.counters,
             "uptime": round(time.time() - self.started_at, 3),
+            **self.metrics.namespaces_and_hook(),
         }
 
 
@@ -416,5 +430,9 @@ _default: MartdApp | None = None
 def default_app() -> MartdApp:
     global _default
     if _default is None:
-        _default = create_app()
+        try:
+            _default = create_app()
+        except ValueError as exc:
+            # `uvicorn martd_asgi:app` with a bad setting: one line, no traceback.
+            raise SystemExit(f"martd: {exc}") from None
     return _default

@@ -25,7 +25,15 @@ from typing import Any
 
 from .config import Network, Settings
 from .errors import Forbidden, Unauthorized
-from .tokens import LEEWAY, MIN_SECRET_BYTES, Grants, InvalidToken, patterns, verify_token
+from .tokens import (
+    LEEWAY,
+    MIN_SECRET_BYTES,
+    Grants,
+    InvalidToken,
+    User,
+    patterns,
+    verify_token,
+)
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -169,6 +177,7 @@ class Authority:
             origin.rstrip("/") for origin in settings.cors_origins if origin != "*"
         )
         self._cache: OrderedDict[str, Grants] = OrderedDict()
+        self.any_private_namespace = any(ns.private for ns in settings.namespaces.values())
         signing = settings.signing_secret
         if signing is not None and len(signing.encode()) < MIN_SECRET_BYTES:
             logging.getLogger("martd").warning(
@@ -276,7 +285,18 @@ class Authority:
             return found.may_subscribe(channel)
         return False
 
+    def user(self, headers: Mapping[str, str], query: Mapping[str, str]) -> User:
+        """Who the request's valid tokens say their bearer is (``sub``), if they do."""
+        try:
+            found = self.token_grants(headers, query)
+        except InvalidToken:
+            return None
+        return None if found is None else found.user
+
     def is_private(self, channel: str) -> bool:
+        namespace = self.settings.namespaces.of(channel)
+        if namespace is not None and namespace.private is not None:
+            return namespace.private
         return any(pattern.matches(channel) for pattern in self.private)
 
     def check_subscribe(
@@ -285,13 +305,18 @@ class Authority:
         headers: Mapping[str, str],
         query: Mapping[str, str],
         channels: Sequence[str],
-    ) -> None:
-        """Raise Unauthorized / Forbidden when a private channel is not granted."""
-        if not self.private:
-            return
+    ) -> Grants | None:
+        """Raise Unauthorized / Forbidden when a private channel is not granted.
+
+        Returns the grants of the token that granted them (``None`` when no
+        channel is private or the request is a server). ``Unauthorized`` means
+        exactly that the request has no valid token.
+        """
+        if not self.private and not self.any_private_namespace:
+            return None
         private = [channel for channel in channels if self.is_private(channel)]
         if not private or self.is_server(scope, headers, query):
-            return
+            return None
         found = self.token_grants(headers, query)
         if found is None:
             raise Unauthorized(
@@ -302,3 +327,4 @@ class Authority:
         for channel in private:
             if not found.may_subscribe(channel):
                 raise Forbidden(f"token: does not grant subscribe on {channel!r}", channel=channel)
+        return found

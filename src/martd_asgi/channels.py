@@ -56,6 +56,7 @@ class Attributes:
     size: int = DEFAULT_SIZE
     life: int = DEFAULT_LIFE
     one2one: bool = False
+    presence: bool = False  # v1.1: subscribers are told who joins and leaves
 
 
 def _int_attr(name: str, raw: str, low: int, high: int) -> int:
@@ -85,17 +86,19 @@ class PushAttributes:
     life: int | None = None
     one2one: bool | None = None
     key: str | None = None
+    presence: bool | None = None
 
     def resolved(self) -> Attributes:
         return Attributes(
             size=DEFAULT_SIZE if self.size is None else self.size,
             life=DEFAULT_LIFE if self.life is None else self.life,
             one2one=bool(self.one2one),
+            presence=bool(self.presence),
         )
 
     def agrees_with(self, attrs: Attributes) -> str | None:
         """Name the first given attribute that differs from ``attrs``, if any."""
-        for name in ("size", "life", "one2one"):
+        for name in ("size", "life", "one2one", "presence"):
             mine = getattr(self, name)
             if mine is not None and mine != getattr(attrs, name):
                 return name
@@ -116,7 +119,8 @@ def parse_push_attributes(query: Mapping[str, str]) -> PushAttributes:
         key = query["key"]
         if not 1 <= len(key) <= MAX_KEY:
             raise BadRequest(f"key: must be 1 to {MAX_KEY} characters")
-    return PushAttributes(size=size, life=life, one2one=one2one, key=key)
+    presence = parse_bool("presence", query["presence"]) if "presence" in query else None
+    return PushAttributes(size=size, life=life, one2one=one2one, key=key, presence=presence)
 
 
 # ---------------------------------------------- v1.1: a message's event name and type

@@ -58,6 +58,10 @@ def build_app(
     from .proxy import ProxyMiddleware, check_prefix
 
     prefix = check_prefix(prefix)
+    hook = settings.get("auth_url") or os.environ.get("MARTD_AUTH_URL") or ""
+    if upstream and hook.startswith("/") and not hook.startswith("//"):
+        # The auth hook is naturally the site itself: a path means "on the upstream".
+        settings["auth_url"] = upstream.rstrip("/") + hook
     martd = create_app(**settings)
     index = f"{prefix}/demo" if martd.settings.demo else None
     return ProxyMiddleware(
@@ -103,9 +107,14 @@ def build_config(
         raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--prefix") from None
     backend = backend or os.environ.get("MARTD_BACKEND") or "memory"
     try:
-        Settings.from_env(backend=backend)
+        checked = Settings.from_env(backend=backend)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if (checked.auth_url or "").startswith("/") and not upstream:
+        raise click.UsageError(
+            f"MARTD_AUTH_URL: {checked.auth_url!r} is a path on the site, which needs --upstream;"
+            " give a full http:// or https:// URL otherwise"
+        )
     if workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
     if workers > 1 and backend == "memory":
@@ -156,9 +165,12 @@ def build_config(
             MARTD_UPSTREAM_TIMEOUT=str(upstream_timeout),
         )
         return uvicorn.Config("martd_asgi.cli:_serve_app", factory=True, workers=workers, **options)
-    app = build_app(
-        upstream=upstream, prefix=prefix, upstream_timeout=upstream_timeout, backend=backend
-    )
+    try:
+        app = build_app(
+            upstream=upstream, prefix=prefix, upstream_timeout=upstream_timeout, backend=backend
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     return uvicorn.Config(app, **options)
 
 
@@ -400,6 +412,9 @@ def _where_is_martd(url: str) -> str:
 @click.option("--size", type=int, help="Messages the channel keeps (1..10000, default 10).")
 @click.option("--life", type=int, help="Seconds a message is kept (default 3600).")
 @click.option("--one2one/--no-one2one", default=None, help="At most one subscriber.")
+@click.option(
+    "--presence/--no-presence", default=None, help="Tell subscribers who joins and leaves."
+)
 @click.option("--key", help="The channel's key (needed by non-servers, and on keyed channels).")
 @click.option("--event", help="The message's event name (SSE `event:`), [A-Za-z0-9_.:-]{1,64}.")
 @click.option("--type", "content_type", help="The message's type, sent as its Content-Type.")
@@ -418,6 +433,7 @@ def pub_command(
     size: int | None,
     life: int | None,
     one2one: bool | None,
+    presence: bool | None,
     key: str | None,
     event: str | None,
     content_type: str | None,
@@ -453,6 +469,7 @@ def pub_command(
                 life=life,
                 one2one=one2one,
                 key=key,
+                presence=presence,
                 event=event,
                 content_type=content_type,
                 idempotency_key=idempotency_key,

@@ -152,6 +152,7 @@ class ChannelInfo:
     life: int
     one2one: bool
     has_key: bool
+    presence: bool = False
 
 
 def error_for(response: httpx.Response) -> ClientError:
@@ -195,6 +196,7 @@ def _push_params(
     one2one: bool | None,
     key: str | None,
     event: str | None = None,
+    presence: bool | None = None,
 ) -> dict[str, str]:
     params: dict[str, str] = {}
     if event is not None:
@@ -207,6 +209,8 @@ def _push_params(
         params["one2one"] = "true" if one2one else "false"
     if key is not None:
         params["key"] = key
+    if presence is not None:
+        params["presence"] = "true" if presence else "false"
     return params
 
 
@@ -249,6 +253,7 @@ def _channel_info(response: httpx.Response) -> ChannelInfo:
         life=int(body["life"]),
         one2one=bool(body["one2one"]),
         has_key=bool(body["has_key"]),
+        presence=bool(body.get("presence", False)),
     )
 
 
@@ -344,6 +349,7 @@ class Client(_Base):
         event: str | None = None,
         content_type: str | None = None,
         idempotency_key: str | None = None,
+        presence: bool | None = None,
     ) -> PublishResult:
         """Push ``data`` (text, bytes, or anything else as JSON) into ``channel``.
 
@@ -353,7 +359,7 @@ class Client(_Base):
         unless given).
         """
         content, kind = _payload(data, content_type)
-        params = _push_params(size, life, one2one, key, event)
+        params = _push_params(size, life, one2one, key, event, presence)
         headers = self._push_headers(kind, idempotency_key)
         attempt = 0
         while True:
@@ -434,13 +440,14 @@ class AsyncClient(_Base):
         event: str | None = None,
         content_type: str | None = None,
         idempotency_key: str | None = None,
+        presence: bool | None = None,
     ) -> PublishResult:
         """Push ``data`` (text, bytes, or anything else as JSON) into ``channel``.
 
         Arguments and retries as for ``Client.publish``.
         """
         content, kind = _payload(data, content_type)
-        params = _push_params(size, life, one2one, key, event)
+        params = _push_params(size, life, one2one, key, event, presence)
         headers = self._push_headers(kind, idempotency_key)
         attempt = 0
         while True:

@@ -11,6 +11,10 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
+
+from .namespaces import EMPTY, Namespaces
+from .namespaces import parse as parse_namespaces
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -101,6 +105,30 @@ FIELDS: dict[str, tuple[str, str]] = {
         " (`0`: no limit)",
     ),
     "log_format": ("MARTD_LOG_FORMAT", "`text`, or `json` for one JSON object per log line"),
+    "lease": (
+        "MARTD_LEASE",
+        "Redis backend: seconds a process's subscribers and presence stay counted without"
+        " renewal; a crashed process's clients leave within it",
+    ),
+    "presence_rate": (
+        "MARTD_PRESENCE_RATE",
+        "frames per second that one channel's join/leave events may cost in one process"
+        " (each event costs one frame per subscriber told)",
+    ),
+    "namespaces": (
+        "MARTD_NAMESPACES",
+        "a JSON object, or the path of a JSON file, mapping a namespace NS to settings for every"
+        " channel named `NS:...`: `size`, `life`, `one2one`, `presence` (defaults for what a"
+        " push omits), `private` (instead of `MARTD_PRIVATE`), `max_subscribers` (per channel,"
+        " instead of `MARTD_MAX_SUBSCRIBERS`)",
+    ),
+    "auth_url": (
+        "MARTD_AUTH_URL",
+        "the site's auth hook: martd POSTs a private channel's subscriber's `Cookie` and"
+        " `Authorization` there when it has no valid token (a path like `/martd-auth` means"
+        " that path on `martd serve --upstream`)",
+    ),
+    "auth_timeout": ("MARTD_AUTH_TIMEOUT", "seconds martd waits for the auth hook (then `503`)"),
     "idempotency_ttl": (
         "MARTD_IDEMPOTENCY_TTL",
         "seconds an `Idempotency-Key` is remembered per channel (`0`: keys are checked, not"
@@ -143,6 +171,11 @@ class Settings:
     push_burst: int = 40
     max_retained_bytes: int = 256 * 1024 * 1024
     log_format: str = "text"
+    lease: float = 30.0
+    presence_rate: float = 5_000.0
+    namespaces: Namespaces = EMPTY
+    auth_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
+    auth_timeout: float = 5.0
     idempotency_ttl: float = 600.0
 
     @property
@@ -170,6 +203,9 @@ class Settings:
             ("push_rate", 0),
             ("push_burst", 1),
             ("max_retained_bytes", 0),
+            ("lease", 0.3),
+            ("presence_rate", 1),
+            ("auth_timeout", 0.05),
             ("idempotency_ttl", 0),
         ):
             if getattr(self, name) < low:
@@ -180,6 +216,9 @@ class Settings:
             raise ValueError(
                 "backend (MARTD_BACKEND): must be 'memory' or a redis:// / rediss:// URL"
             )
+
+        if self.auth_url is not None:
+            check_auth_url(self.auth_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -203,8 +242,22 @@ def _split(value: Any) -> list[str]:
     return [str(part).strip() for part in value]
 
 
+def check_auth_url(url: str) -> None:
+    """A full http(s) URL, or a path (resolved against ``martd serve --upstream``)."""
+    if url.startswith("/") and not url.startswith("//"):
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "auth_url (MARTD_AUTH_URL): must be an http:// or https:// URL, or a path"
+            " starting with / on martd serve --upstream"
+        )
+
+
 def _coerce(name: str, value: Any, label: str) -> Any:
     kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    if name == "namespaces":
+        return parse_namespaces(value, label)
     try:
         if name in ("allow", "trusted_proxies"):
             return tuple(ipaddress.ip_network(part, strict=False) for part in _split(value))
@@ -223,8 +276,8 @@ def _coerce(name: str, value: Any, label: str) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
-        if name in ("secret", "token_secret") and value is not None and str(value) == "":
-            return None
+        if name in ("secret", "token_secret", "auth_url") and value is not None:
+            return str(value) or None
         return None if value is None else str(value)
     except ValueError:
         raise ValueError(f"{label}: invalid value for {name}") from None

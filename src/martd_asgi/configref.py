@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import ipaddress
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ See [deploy.md](deploy.md) for the settings each deployment needs,
 
 
 def _kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "JSON object"
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
@@ -63,7 +65,7 @@ def _kind(value: Any) -> str:
 
 
 def _default(value: Any) -> str:
-    if value is None or value == ():
+    if value is None or value == () or (isinstance(value, Mapping) and not value):
         return "none"
     if isinstance(value, bool):
         return "`1`" if value else "`0`"

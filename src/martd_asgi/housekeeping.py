@@ -3,9 +3,10 @@
 When martd is the server's app it raises the collector's thresholds (see
 ``tune_collector``), which saves much CPU but means the oldest generation is
 almost never collected. Reference cycles that outlive their connection then pile
-up: uvicorn leaves its HTTP protocol object in a cycle after every WebSocket
-upgrade, so connect/close churn alone grew a server by megabytes per minute, for
-good. So whoever tunes the collector also runs a full collection every
+up: uvicorn's stock HTTP protocol stays in a cycle after every WebSocket upgrade
+(martd's own, ``protocols.HTTPProtocol``, breaks it), so connect/close churn
+alone grew a server by megabytes per minute, for good. So whoever tunes the
+collector also runs a full collection every
 ``interval`` seconds, and then asks the C allocator to hand free heap pages back
 to the system (glibc's ``malloc_trim``; elsewhere nothing), since freed objects
 alone leave the process's resident size where the peak put it.

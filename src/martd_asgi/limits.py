@@ -7,7 +7,8 @@ under in ``/metrics``:
 
 - ``channels``: channels one process stores (memory backend) or has subscribers for,
   whichever is more;
-- ``subscribers``: subscribers of one channel in this process;
+- ``subscribers``: subscribers of one channel in this process (for a channel of a
+  namespace, the namespace's ``max_subscribers`` when it sets one);
 - ``connections``: open subscriptions from one client address (servers exempt);
   an address that forwarded headers cannot settle counts as the peer's;
 - ``channels`` (also): channels one client address is subscribed to;
@@ -108,6 +109,7 @@ class Limits:
         self.authority = authority
         self.router = router
         self.by_address: dict[Address, int] = {}
+        self.refused_by_namespace: dict[str, int] = {}
         # channel -> open subscriptions naming it, per address
         self.channels_by_address: dict[Address, dict[str, int]] = {}
         self.pushes = (
@@ -153,8 +155,12 @@ class Limits:
                     f"{settings.max_channels_total} channels; try again later",
                     retry_after=5,
                 )
+        if settings.namespaces:
+            self._namespace_caps(channels)
         if settings.max_subscribers:
             for channel in channels:
+                if settings.namespaces.of(channel) is not None:
+                    continue  # its namespace's cap was checked
                 subs = by_channel.get(channel)
                 if subs is not None and len(subs) >= settings.max_subscribers:
                     raise TooManyRequests(
@@ -188,6 +194,26 @@ class Limits:
         for channel in channels:
             held[channel] = held.get(channel, 0) + 1
         return Admission(address, channels)
+
+    def _namespace_caps(self, channels: Sequence[str]) -> None:
+        for channel in channels:
+            namespace = self.settings.namespaces.of(channel)
+            if namespace is None:
+                continue
+            cap = namespace.max_subscribers
+            if cap is None:
+                cap = self.settings.max_subscribers
+            subs = self.router.by_channel.get(channel)
+            if cap and subs is not None and len(subs) >= cap:
+                name = namespace.name
+                self.refused_by_namespace[name] = self.refused_by_namespace.get(name, 0) + 1
+                raise TooManyRequests(
+                    f"subscribers: channel {channel!r} has reached the limit of namespace"
+                    f" {name!r}, {cap} subscribers",
+                    channel=channel,
+                    namespace=name,
+                    retry_after=5,
+                )
 
     def release(self, admission: Admission | None) -> None:
         if admission is None:

@@ -9,7 +9,8 @@ prometheus_client's shared files once a second, and a scrape of any worker
 answers for all of them.
 
 Labels are bounded sets chosen by the code (a transport, a status and the
-field an error names), never a channel name, key or address.
+field an error names, a configured namespace, an auth hook outcome), never a
+channel name, key, cookie or address.
 """
 
 from __future__ import annotations
@@ -121,11 +122,51 @@ class Metrics:
                 "Memory backend: retained messages dropped to stay under MARTD_MAX_RETAINED_BYTES",
                 registry=r,
             ),
+            "presence_events": Counter(
+                "martd_presence_events", "Join and leave events told to subscribers", registry=r
+            ),
+            "presence_frames": Counter(
+                "martd_presence_frames",
+                "Frames that carried join and leave events to subscribers",
+                registry=r,
+            ),
+            "presence_joins_untold": Counter(
+                "martd_presence_joins_untold",
+                "Joins not told because their channel spent its presence budget",
+                registry=r,
+            ),
         }
         self.rejects = Counter(
             "martd_rejected_requests",
             "Requests answered with an error, by status and the field the error names",
             ["status", "reason"],
+            registry=r,
+        )
+        self.namespace_channels = Gauge(
+            "martd_namespace_channels",
+            "Channels of a namespace this process stores or has subscribers for",
+            ["namespace"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.namespace_subscribers = Gauge(
+            "martd_namespace_subscribers",
+            "Subscriptions to a namespace's channels in this process",
+            ["namespace"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.namespace_refused = Counter(
+            "martd_namespace_refused",
+            "Subscriptions refused (429) because a channel reached its namespace's max_subscribers",
+            ["namespace"],
+            registry=r,
+        )
+        self.hook_outcomes = Counter(
+            "martd_auth_hook",
+            "Auth hook answers by outcome: asked (requests sent), granted, refused (401/403),"
+            " failed (503), cached (answered from the cache), joined (shared a request in flight)",
+            ["outcome"],
             registry=r,
         )
         app.router.on_deliver = self.on_deliver
@@ -188,6 +229,39 @@ class Metrics:
             self.channels.set(backend["channels"])
         if "retained_bytes" in backend:
             self.retained.set(backend["retained_bytes"])
+        self._sync_namespaces()
+        hook = app.hook
+        if hook is not None:
+            for outcome, count in {**hook.counters, "failed": hook.failed}.items():
+                self._advance(self.hook_outcomes.labels(outcome), ("hook", outcome), count)
+
+    def _sync_namespaces(self) -> None:
+        for name, found in self.namespace_counts().items():
+            self.namespace_channels.labels(name).set(found["channels"])
+            self.namespace_subscribers.labels(name).set(found["subscribers"])
+            key = ("namespace", name)
+            self._advance(self.namespace_refused.labels(name), key, found["refused"])
+
+    def namespace_counts(self) -> dict[str, dict[str, int]]:
+        """Per namespace: channels, subscribers and refused subscriptions in this process."""
+        app = self.app
+        if not app.settings.namespaces:
+            return {}
+        names = getattr(app.backend, "channel_names", None)
+        counts = app.settings.namespaces.counts(app.router.by_channel, names() if names else ())
+        for name, found in counts.items():
+            found["refused"] = app.limits.refused_by_namespace.get(name, 0)
+        return counts
+
+    def namespaces_and_hook(self) -> dict[str, Any]:
+        """The ``namespaces`` and ``auth_hook`` parts of ``/stats``, when configured."""
+        extra: dict[str, Any] = {}
+        if self.app.settings.namespaces:
+            extra["namespaces"] = self.namespace_counts()
+        hook = self.app.hook
+        if hook is not None:
+            extra["auth_hook"] = {**hook.counters, "failed": hook.failed}
+        return extra
 
     def _advance(self, counter: Any, key: Any, value: float) -> None:
         delta = value - self._synced.get(key, 0)

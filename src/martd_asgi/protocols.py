@@ -41,6 +41,14 @@ class HTTPProtocol(_HTTP):
             return
         super().on_header(name, value)
 
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        # The WebSocket protocol owns the connection now, so this one never hears
+        # connection_lost, which is where it lets go of its parser; the parser holds
+        # it in turn, and the pair (with the transport and socket) would wait for a
+        # full garbage collection. Connection churn piled them up by the thousand.
+        self.parser = None  # type: ignore[assignment]
+
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol; reads pause while writes cannot keep up."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from .backends.base import Event
 from .channels import Message
 from .connection import set_send_buffer
+from .presence import Feed, PresenceEvent
 from .subscriber import Subscriber
 
 SHUTDOWN_STALL = 1.0  # seconds a send may stay blocked once shutdown began
@@ -31,6 +32,7 @@ class Router:
         max_backlog_bytes: int = 4 << 20,
         stall: float = 30.0,
         ping: float = 15.0,
+        presence_rate: float = 5_000.0,
     ) -> None:
         self.by_channel: dict[str, dict[Subscriber, None]] = {}
         self.streams: dict[Subscriber, None] = {}
@@ -52,6 +54,7 @@ class Router:
         }
         self.on_deliver: Callable[[Message, int], None] | None = None
         self.sndbuf = 0  # bytes: the kernel send buffer of stream connections (0: as is)
+        self.feed = Feed(self.by_channel, self.counters, rate=presence_rate)
 
     # -- registry
 
@@ -103,6 +106,8 @@ class Router:
                 sub.deliver(event)
             if self.on_deliver is not None:
                 self.on_deliver(event, count)
+        elif isinstance(event, PresenceEvent):
+            self.feed.handle(event)
         else:
             subs = self.by_channel.get(event.channel)
             if subs:
@@ -169,6 +174,8 @@ class Router:
                     event = sub.ping_event()
                     if event is not None:
                         sub.push(event)
+        if self.feed.waiting:
+            self.feed.tick()
         for sub in [s for s in self.parked if now - s.since > self.stall]:
             self.cut(sub)
         if self._wake:

@@ -98,13 +98,19 @@ def any_match(found: Sequence[Pattern], name: str) -> bool:
     return any(pattern.matches(name) for pattern in found)
 
 
+User = str | int | None
+
+
 @dataclass(frozen=True)
 class Grants:
-    """What a verified token allows. A server for a channel may also subscribe to it."""
+    """What a verified token (or the site's auth hook) allows. A server for a
+    channel may also subscribe to it. ``user`` is who the grants are for: a
+    token's ``sub`` claim, or the ``user`` the auth hook answered."""
 
     publish: tuple[Pattern, ...] = ()
     subscribe: tuple[Pattern, ...] = ()
     expires: float | None = None
+    user: User = None
 
     def may_publish(self, channel: str) -> bool:
         return any_match(self.publish, channel)
@@ -118,6 +124,7 @@ class Grants:
             self.publish + other.publish,
             self.subscribe + other.subscribe,
             min(ends) if ends else None,
+            self.user if self.user is not None else other.user,
         )
 
 
@@ -211,4 +218,10 @@ def verify_token(secret: str, token: str) -> Grants:
             f"token: the {CLAIM} claim lists something that is not a pattern"
         ) from None
     exp = claims.get("exp")
-    return Grants(publish, subscribe, float(exp) if isinstance(exp, (int, float)) else None)
+    sub = claims.get("sub")
+    return Grants(
+        publish,
+        subscribe,
+        float(exp) if isinstance(exp, (int, float)) else None,
+        sub if isinstance(sub, str | int) and not isinstance(sub, bool) else None,
+    )

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..channels import History, Message, PushAttributes
+from ..presence import Client, PresenceEvent
 
 if TYPE_CHECKING:
     from ..idempotency import Idempotency
@@ -32,7 +33,7 @@ class Control:
     keep: str | None = None
 
 
-Event = Message | Control
+Event = Message | Control | PresenceEvent
 Deliver = Callable[[Event], None]
 
 
@@ -69,6 +70,7 @@ class ChannelInfo:
     life: int
     one2one: bool
     has_key: bool
+    presence: bool = False
 
     def body(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +115,17 @@ class Backend(Protocol):
         one2one channel is held by another client."""
 
     async def detach(self, channel: str, cid: str) -> None: ...
+
+    # v1.1 presence: called after attach and before detach, for each channel
+    async def present(self, channel: str, client: Client, *, keep: bool) -> None:
+        """``client`` subscribed to ``channel`` once more; ``keep``: its cid can come
+        back, so its leave waits ``MARTD_HOLD`` seconds."""
+
+    async def absent(self, channel: str, client: Client, *, keep: bool) -> None:
+        """One subscription of ``client`` on ``channel`` ended."""
+
+    async def clients(self, channel: str) -> list[Client]:
+        """Who is on ``channel`` (empty when it has no presence), across processes."""
 
     async def healthy(self) -> bool: ...
 

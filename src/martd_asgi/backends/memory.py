@@ -11,6 +11,7 @@ import heapq
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from ..channels import (
@@ -29,6 +30,7 @@ from ..channels import (
 )
 from ..errors import Conflict, Forbidden, TooManyRequests
 from ..idempotency import Idempotency, IdempotencyTable
+from ..presence import Client, Roster
 from .base import ChannelInfo, Control, Deliver, PublishResult
 
 # What a retained message costs besides its payload (object, etag, cached frames' headers).
@@ -110,12 +112,14 @@ class MemoryBackend:
         self.max_retained_bytes = 0  # 0: no limit (MARTD_MAX_RETAINED_BYTES)
         self.retained_bytes = 0
         self.evicted = 0  # messages dropped to keep retained_bytes under its limit
+        self.roster = Roster(hold, self._has_presence, lambda event: self._deliver(event))
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
         self._timer = asyncio.get_running_loop().call_later(self._sweep_interval, self._sweep)
 
     async def aclose(self) -> None:
+        self.roster.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -211,6 +215,7 @@ class MemoryBackend:
 
         created = current is None
         was_one2one = current is not None and current.attrs.one2one
+        had_presence = current is not None and current.attrs.presence
         if current is None:
             if self.max_channels and len(self._channels) >= self.max_channels:
                 raise TooManyRequests(
@@ -249,6 +254,8 @@ class MemoryBackend:
             if holds is not None:
                 holds.clients = {c: v for c, v in holds.clients.items() if c == keep}
             self._deliver(Control("kicked", channel, keep))
+        if new_attrs.presence != had_presence:
+            self.roster.switched(channel, new_attrs.presence)
         if data:
             self._deliver(msg)
         if self.max_retained_bytes and self.retained_bytes > self.max_retained_bytes:
@@ -277,6 +284,7 @@ class MemoryBackend:
             life=current.attrs.life,
             one2one=current.attrs.one2one,
             has_key=current.key_hash is not None,
+            presence=current.attrs.presence,
         )
 
     async def delete(self, channel: str) -> bool:
@@ -287,6 +295,7 @@ class MemoryBackend:
         del self._channels[channel]
         self._holds.pop(channel, None)
         self.idempotency.forget(channel)
+        self.roster.switched(channel, False)
         self._deliver(Control("deleted", channel))
         return True
 
@@ -358,11 +367,29 @@ class MemoryBackend:
                 del self._holds[channel]
         self._maybe_drop(channel)
 
+    # ---------------------------------------------------------------- presence
+
+    def _has_presence(self, channel: str) -> bool:
+        current = self._channels.get(channel)
+        return current is not None and current.attrs.presence
+
+    async def present(self, channel: str, client: Client, *, keep: bool) -> None:
+        self.roster.present(channel, client, keep=keep)
+
+    async def absent(self, channel: str, client: Client, *, keep: bool) -> None:
+        self.roster.absent(channel, client.cid)
+
+    async def clients(self, channel: str) -> list[Client]:
+        return self.roster.clients(channel) if self._has_presence(channel) else []
+
     def channel_count(self) -> int:
         return len(self._channels)
 
     def holds_channel(self, name: str) -> bool:
         return name in self._channels
+
+    def channel_names(self) -> Iterable[str]:
+        return self._channels.keys()
 
     def evict(self) -> None:
         """Drop the oldest messages of the largest channels until retained memory is

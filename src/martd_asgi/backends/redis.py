@@ -48,10 +48,12 @@ from ..errors import Conflict, Forbidden, Unavailable
 from ..idempotency import CAP as IDEMPOTENCY_CAP
 from ..idempotency import Idempotency, reused
 from ..logs import redact
+from ..presence import Client
 from . import redis_lua
 from .base import ChannelInfo, Deliver, PublishResult
 from .redis_fanout import Fanout
 from .redis_keys import KeyNames
+from .redis_presence import RedisPresence
 
 log = logging.getLogger("martd.redis")
 
@@ -152,6 +154,17 @@ class RedisBackend:
         self._attach = register(redis_lua.ATTACH)
         self._detach = register(redis_lua.DETACH)
         self._refresh = register(redis_lua.REFRESH)
+        self._presence = RedisPresence(
+            self._client,
+            self._call,
+            events=self._fanout.events,
+            keys=self._keys,
+            node=self._node,
+            lease_ms=self._lease_ms,
+            hold_ms=self._hold_ms,
+        )
+        # Presence switched on or off somewhere: learn it at once, not at the next renewal.
+        self._fanout.on_presence = lambda channel: self._renew_now.set()
         # channel -> cid -> open connections in this process
         self._conns: dict[str, dict[str, int]] = {}
         self._dirty: set[str] = set()  # channels whose leases need rewriting
@@ -218,6 +231,7 @@ class RedisBackend:
                 await task
         for channel in list(self._fanout.seen):
             self._fanout.untrack(channel)
+        await self._presence.aclose()
         await self._client.aclose()
         for other in self._others:
             await other.aclose()
@@ -262,11 +276,13 @@ class RedisBackend:
             cids = dict(self._conns.get(channel, {}))
             live = [cid for cid, n in cids.items() if n > 0]
             args = [self._node, sum(cids.values()), self._lease_ms, *live]
-            await self._call(self._refresh, self._keys_hsno(channel), args)
+            presence = await self._call(self._refresh, self._keys_hsno(channel), args)
             if self._conns.get(channel, {}) == cids:
                 self._dirty.discard(channel)
-                return
-        self._dirty.add(channel)
+                break
+        else:
+            self._dirty.add(channel)
+        await self._presence.renew(channel, presence == "1")
 
     # ------------------------------------------------------------------ pushes
 
@@ -299,6 +315,8 @@ class RedisBackend:
             given(attrs.life),
             given(attrs.one2one),
             self._lease_ms,
+            _arg(resolved.presence),
+            given(attrs.presence),
             # v1.1, read by the script from the end of ARGV: keep these six last
             event or "",
             content_type or "",
@@ -342,7 +360,7 @@ class RedisBackend:
         reply = await self._call(self._info, self._keys_hsn(channel), [])
         if reply is None:
             return None
-        size, life, one2one, has_key, last, messages, subscribers = reply
+        size, life, one2one, has_key, last, messages, subscribers, presence = reply
         return ChannelInfo(
             channel=channel,
             etag=last if last != "0-0" else "0",
@@ -352,12 +370,15 @@ class RedisBackend:
             life=int(life),
             one2one=one2one == "1",
             has_key=bool(has_key),
+            presence=presence == "1",
         )
 
     async def delete(self, channel: str) -> bool:
         keys = [*self._keys_hsno(channel), self._names.gone(channel)]
         keys += self._idempotency_keys(channel)  # DELETE reads them from the end of KEYS
         reply = await self._call(self._delete, keys, [self._fanout.events, channel])
+        if reply:
+            await self._presence.forget(channel)
         return bool(reply)
 
     # ------------------------------------------------------------- subscribers
@@ -408,6 +429,7 @@ class RedisBackend:
                 f"channel: {channel!r} is one2one and another client holds it", channel=channel
             )
         self._fanout.track(channel, etag_key(reply[1]) or ZERO)
+        self._presence.seen(channel, reply[2] == "1")
 
     def _forget(self, channel: str, cid: str) -> tuple[int, int]:
         """One connection fewer; returns what is left on this channel and for this cid."""
@@ -436,6 +458,21 @@ class RedisBackend:
             raise
         finally:
             self._detaching -= 1
+
+    # ---------------------------------------------------------------- presence
+
+    async def present(self, channel: str, client: Client, *, keep: bool) -> None:
+        await self._presence.present(channel, client)
+
+    async def absent(self, channel: str, client: Client, *, keep: bool) -> None:
+        self._detaching += 1  # shutdown waits for it, as for a detach
+        try:
+            await self._presence.absent(channel, client, keep=keep)
+        finally:
+            self._detaching -= 1
+
+    async def clients(self, channel: str) -> list[Client]:
+        return await self._presence.clients(channel)
 
     async def healthy(self) -> bool:
         if not self._fanout.listening:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..channels import ZERO, EtagKey, Message, etag_key, format_etag
+from ..presence import JOIN, LEAVE, Client, PresenceEvent
 from .base import Control, Deliver
 
 log = logging.getLogger("martd.redis")
@@ -44,6 +45,8 @@ class Fanout:
         self.reconnects = 0
         # Called after each reconnection, e.g. to restore leases a restart lost.
         self.on_reconnect: Callable[[], None] = lambda: None
+        # Called when a push switched a channel's presence on or off.
+        self.on_presence: Callable[[str], None] = lambda channel: None
 
     # ------------------------------------------------------------- channels
 
@@ -145,6 +148,13 @@ class Fanout:
             self.emit(Control("kicked", channel, keep or None))
         elif kind == "d":
             self.gone(raw[1:])
+        elif kind in ("j", "l"):
+            channel, text = raw[1:].split("\n", 1)
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                client = Client.loads(text)
+                self.emit(PresenceEvent(JOIN if kind == "j" else LEAVE, channel, client))
+        elif kind == "P":
+            self.on_presence(raw[1:])
 
     def hand(self, msg: Message) -> None:
         """Deliver a message once, in order, to the local subscribers of its channel."""
@@ -166,7 +176,7 @@ class Fanout:
             self.seen[channel] = ZERO
         self.emit(Control("deleted", channel))
 
-    def emit(self, event: Message | Control) -> None:
+    def emit(self, event: Message | Control | PresenceEvent) -> None:
         try:
             self.deliver(event)
         except Exception:  # one bad subscriber must not stop the listener

@@ -8,11 +8,12 @@ Times are Redis's own clock (``TIME``), the same for every process.
 
 Keys of a channel (see docs/scaling.md), each expiring with what it holds:
 
-    h   hash    size life one2one key(sha256) first last dropped droppedl nx mx lx fifo
+    h   hash    size life one2one key(sha256) first last dropped droppedl nx mx lx fifo presence
     s   stream  one entry per message: x (expiry, ms since the epoch), d (data),
                 then e (event name) and t (type) when the push gave them
     n   hash    node -> "connections lease-expiry": subscribers per process
     o   hash    cid -> "arrival expiry" (one2one holds and their order), "#" -> counter
+    p pz        presence: who is here (see ``redis_presence``)
     g   string  newest id of a deleted channel, while subscribers' leases on it last
     i   hash    Idempotency-Key -> "fingerprint etag subscribers messages created"
     ix  zset    Idempotency-Key -> expiry (ms); i and ix expire with their newest record
@@ -198,7 +199,7 @@ end
 """
 
 # KEYS h s clock n o i ix; ARGV events channel data server size life one2one keyhash
-#   given_size given_life given_one2one lease_ms
+#   given_size given_life given_one2one lease_ms presence given_presence
 #   event type idem_key idem_fingerprint idem_ttl_ms idem_cap
 # (i ix and the six v1.1 arguments are read from the ends of KEYS and ARGV.)
 # -> {'ok', etag, subscribers, messages, created}  or  {'err', reason}
@@ -250,10 +251,16 @@ if not server then
     if given ~= '' and given ~= cur[i] then return {'err', names[i]} end
   end
   size, life, one2one = cur[1], cur[2], cur[3]
+  if ARGV[14] ~= '' and ARGV[14] ~= (redis.call('HGET', h, 'presence') or '0') then
+    return {'err', 'presence'}
+  end
 else
   if exists and not cur_key and keyhash ~= '' then return {'err', 'addkey'} end
   size, life, one2one = ARGV[5], ARGV[6], ARGV[7]
 end
+local had_presence = exists and redis.call('HGET', h, 'presence') == '1'
+local presence = ARGV[13]
+if not server then presence = (had_presence and '1') or '0' end
 -- one2one comes on: on an existing channel, or on one created while clients wait on it
 local switched_on = one2one == '1' and ((exists and cur[3] ~= '1') or (not exists and subs > 0))
 
@@ -300,6 +307,7 @@ if not exists then
 end
 redis.call('HSET', h, 'size', size, 'life', life, 'one2one', one2one, 'last', id,
   'dropped', dropped, 'droppedl', droppedl, 'nx', fmt(nx), 'mx', fmt(mx), 'lx', fmt(x))
+redis.call('HSET', h, 'presence', presence)
 set_expiry(h, s, subs, now, lease, mx)
 
 local keep = ''
@@ -311,6 +319,7 @@ if switched_on then
   tidy_holds(o)
   redis.call('PUBLISH', events, 'k' .. channel .. '\n' .. keep)
 end
+if (presence == '1') ~= had_presence then redis.call('PUBLISH', events, 'P' .. channel) end
 if data ~= '' then
   if ev == '' and ty == '' then
     redis.call('PUBLISH', events, 'm' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. data)
@@ -336,16 +345,16 @@ end
 return {'ok', id, subs, len, created}
 """
 
-# KEYS h s n -> false | {size, life, one2one, has_key, last, messages, subscribers}
+# KEYS h s n -> false | {size, life, one2one, has_key, last, messages, subscribers, presence}
 INFO = r"""
 local h, s, n = KEYS[1], KEYS[2], KEYS[3]
 local now = now_ms()
 local exists, subs = alive(h, s, n, now)
 if not exists then return false end
-local v = redis.call('HMGET', h, 'size', 'life', 'one2one', 'key', 'last')
+local v = redis.call('HMGET', h, 'size', 'life', 'one2one', 'key', 'last', 'presence')
 local has_key = 0
 if v[4] then has_key = 1 end
-return {v[1], v[2], v[3], has_key, v[5] or '0', redis.call('XLEN', s), subs}
+return {v[1], v[2], v[3], has_key, v[5] or '0', redis.call('XLEN', s), subs, v[6] or '0'}
 """
 
 # KEYS h s n; ARGV after ('' none, '0' all, or an id)
@@ -381,7 +390,7 @@ return 1
 """
 
 # KEYS h s n o; ARGV cid node delta lease_ms
-# -> {'ok', last} or {'conflict'}
+# -> {'ok', last, presence} or {'conflict'}
 ATTACH = r"""
 local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cid, node = ARGV[1], ARGV[2]
@@ -402,7 +411,7 @@ if exists then
   last = redis.call('HGET', h, 'last') or '0-0'
   set_expiry(h, s, 1, now, lease)
 end
-return {'ok', last}
+return {'ok', last, redis.call('HGET', h, 'presence') or '0'}
 """
 
 # KEYS h s n o; ARGV cid node conns_left_on_node cid_conns_left_on_node lease_ms hold_ms
@@ -431,7 +440,8 @@ return 1
 """
 
 # KEYS h s n o; ARGV node conns lease_ms cid...
-# Renews this process's leases on a channel (subscriber count and holds).
+# Renews this process's leases on a channel (subscriber count and holds);
+# answers whether the channel has presence.
 REFRESH = r"""
 local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local node, conns = ARGV[1], tonumber(ARGV[2])
@@ -441,7 +451,7 @@ set_conns(n, node, conns, now, lease)
 for i = 4, #ARGV do touch_hold(o, ARGV[i], now, lease) end
 local alive_now, subs = alive(h, s, n, now)
 if alive_now then set_expiry(h, s, subs, now, lease) end
-return 1
+return redis.call('HGET', h, 'presence') or '0'
 """
 
 PUBLISH, INFO, HISTORY, DELETE, ATTACH, DETACH, REFRESH = (

@@ -154,6 +154,9 @@ class Subscription:
     callback: str | None = None
     timeout: float = 30.0
     json: bool = False  # ?format=json: SSE events carry JSON message objects
+    # Who subscribes: the ``sub`` claim of the token, or the ``user`` the site's
+    # auth hook answered, that admitted a private channel; else None.
+    user: str | int | None = None
 
 
 def _etag_list(raw: str, count: int, source: str) -> list[str | None]:

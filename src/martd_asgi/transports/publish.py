@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import idempotency
-from ..channels import check_event, check_name, message_type, parse_push_attributes
-from ..errors import Forbidden, NotFound
+from ..authhook import may_publish
+from ..channels import (
+    PushAttributes,
+    check_event,
+    check_name,
+    message_type,
+    parse_bool,
+    parse_push_attributes,
+)
+from ..errors import Forbidden, MartdError, NotFound
 from .common import Receive, Request, Send, decode_payload, read_body, send_json
 
 if TYPE_CHECKING:
@@ -24,7 +32,7 @@ async def publish(
     data = decode_payload(await read_body(receive, request.headers, app.settings.max_payload))
     ttl = app.settings.idempotency_ttl
     idem = idempotency.make(idem_key, data, attrs, event, content_type, ttl)
-    server = app.authority.is_server(request.scope, request.headers, request.query, channel)
+    server, attrs = await rights(app, request, channel, attrs)
     if not server and attrs.key is None:
         raise Forbidden(
             "key: not a server; pushing needs the channel's key, a server address, "
@@ -49,13 +57,52 @@ async def publish(
     await send_json(send, 201 if result.created else 200, result.answer(data))
 
 
+async def rights(
+    app: MartdApp, request: Request, channel: str, attrs: PushAttributes
+) -> tuple[bool, PushAttributes]:
+    """Whether the pusher is a server for ``channel`` (by address, the secret, a
+    token or the site's auth hook), and ``attrs`` with the channel's namespace
+    defaults where a server's push omits them."""
+    server = app.authority.is_server(request.scope, request.headers, request.query, channel)
+    if not server and app.hook is not None:
+        server = await _hook_grants_publish(app, request, channel, attrs.key)
+    if server:
+        attrs = app.settings.namespaces.apply(channel, attrs)
+    return server, attrs
+
+
+async def _hook_grants_publish(
+    app: MartdApp, request: Request, channel: str, key: str | None
+) -> bool:
+    """A browser's push granted by the site's auth hook. With the channel's key the
+    push goes on as a key-holder's when the hook refuses or fails."""
+    assert app.hook is not None
+    try:
+        return await may_publish(
+            app.authority,
+            app.hook,
+            request.scope,
+            request.headers,
+            channel,
+            request.query.get("cid"),
+        )
+    except MartdError:
+        if key is None:
+            raise
+        return False
+
+
 async def info(app: MartdApp, request: Request, channel: str, send: Send) -> None:
     check_name(channel)
     app.require_server(request, channel)
+    listing = parse_bool("presence", request.query.get("presence", "0"))
     found = await app.backend.info(channel)
     if found is None:
         raise NotFound(f"channel: {channel!r} does not exist", channel=channel)
-    await send_json(send, 200, found.body())
+    body = found.body()
+    if listing:
+        body["clients"] = [client.body() for client in await app.backend.clients(channel)]
+    await send_json(send, 200, body)
 
 
 async def delete(app: MartdApp, request: Request, channel: str, send: Send) -> None:

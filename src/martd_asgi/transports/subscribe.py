@@ -13,9 +13,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from ..authhook import check_subscribe
 from ..channels import History, etag_key
 from ..connection import close_delimited
 from ..errors import MartdError, Unavailable
+from ..presence import STREAMS, Client
 from ..subscriber import Subscriber
 from . import longpoll, sse
 from .common import Receive, Request, Send, Subscription, parse_subscription
@@ -44,7 +46,19 @@ async def subscribe(
             max_channels=app.settings.max_channels,
             poll_timeout=app.settings.poll_timeout,
         )
-        app.authority.check_subscribe(request.scope, request.headers, request.query, req.channels)
+        granted = await check_subscribe(
+            app.authority,
+            app.hook,
+            request.scope,
+            request.headers,
+            request.query,
+            req.channels,
+            req.cid if req.cid_given else None,
+        )
+        if granted is not None:
+            req.user = granted.user
+        if req.user is None:  # a public channel: the token's ``sub``, for presence
+            req.user = app.authority.user(request.headers, request.query)
         if app.closing:
             raise Unavailable("server: shutting down; reconnect", retry_after=1)
         address = app.limits.admit(request.scope, request.headers, request.query, req.channels)
@@ -78,6 +92,39 @@ async def detach(app: MartdApp, req: Subscription, attached: list[str]) -> None:
             await app.backend.detach(channel, req.cid)
         except Exception:  # the backend is away; its holds expire on their own
             app.log.warning("could not detach from %s", channel, exc_info=True)
+
+
+def _client(req: Subscription) -> Client | None:
+    """Who this subscription is for presence; None for a long-poll without a cid, which
+    cannot be told apart from a new client on its next poll."""
+    if not req.cid_given and req.transport not in STREAMS:
+        return None
+    return Client(req.cid, req.user, req.transport)
+
+
+async def present(app: MartdApp, req: Subscription, attached: list[str]) -> list[str]:
+    client = _client(req)
+    if client is None:
+        return []
+    done: list[str] = []
+    for channel in attached:
+        try:
+            await app.backend.present(channel, client, keep=req.cid_given)
+        except Exception:  # the backend is away; presence is renewed once it is back
+            app.log.warning("could not record presence on %s", channel, exc_info=True)
+        done.append(channel)
+    return done
+
+
+async def absent(app: MartdApp, req: Subscription, channels: list[str]) -> None:
+    client = _client(req)
+    if client is None:
+        return
+    for channel in channels:
+        try:
+            await app.backend.absent(channel, client, keep=req.cid_given)
+        except Exception:  # the backend is away; the client's lease runs out on its own
+            app.log.warning("could not record leaving %s", channel, exc_info=True)
 
 
 async def histories(app: MartdApp, sub: Subscriber, req: Subscription) -> list[History]:
@@ -114,6 +161,7 @@ async def session(
         return
     sub = make()
     app.router.add(sub)
+    here: list[str] = []
     try:
         try:
             found = await histories(app, sub, req)
@@ -123,9 +171,11 @@ async def session(
             await app.refuse(request, send, error)
             yield None
             return
+        here = await present(app, req, attached)
         yield sub, found
     finally:
         app.router.remove(sub)
+        await absent(app, req, here)
         await detach(app, req, attached)
 
 

@@ -13,7 +13,7 @@ Server to client, text frames of JSON:
 
 Client to server: ``{"type": "pub", "channel": C, "data": D, "key": K, "id": N}``
 pushes exactly like ``POST /pub/C?key=K`` by the same client (``size``,
-``life``, ``one2one`` and ``event`` may be given as in the query string,
+``life``, ``one2one``, ``presence`` and ``event`` may be given as in the query string,
 ``content_type`` as the Content-Type header and ``idempotency_key`` as the
 Idempotency-Key header); ``{"type": "ping"}``.
 
@@ -46,6 +46,7 @@ from ..channels import (
 )
 from ..errors import BadRequest, Forbidden, MartdError, PayloadTooLarge, Unavailable
 from ..subscriber import Subscriber, _uncancel
+from . import publish
 from .common import Receive, Request, Send, Subscription
 from .subscribe import session
 
@@ -144,7 +145,9 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
         if len(data.encode()) > app.settings.max_payload:
             raise PayloadTooLarge(f"payload: larger than {app.settings.max_payload} bytes")
         given: dict[str, str] = {
-            name: _text(body[name]) for name in ("size", "life", "one2one", "key") if name in body
+            name: _text(body[name])
+            for name in ("size", "life", "one2one", "key", "presence")
+            if name in body
         }
         attrs = parse_push_attributes(given)
         event = check_event(_text(body["event"])) if "event" in body else None
@@ -154,7 +157,7 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
             idem_key = idempotency.check_key(_text(body["idempotency_key"]))
         ttl = app.settings.idempotency_ttl
         idem = idempotency.make(idem_key, data, attrs, event, content_type, ttl)
-        server = app.authority.is_server(request.scope, request.headers, request.query, channel)
+        server, attrs = await publish.rights(app, request, channel, attrs)
         if not server and attrs.key is None:
             raise Forbidden("key: not a server; pushing needs the channel's key", field="key")
         if not server:
