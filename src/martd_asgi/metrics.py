@@ -122,6 +122,11 @@ class Metrics:
                 "Memory backend: retained messages dropped to stay under MARTD_MAX_RETAINED_BYTES",
                 registry=r,
             ),
+            "redis_notifications": Counter(
+                "martd_redis_notifications",
+                "Redis backend: notifications received (pushes to channels with subscribers here)",
+                registry=r,
+            ),
             "presence_events": Counter(
                 "martd_presence_events", "Join and leave events told to subscribers", registry=r
             ),
@@ -216,6 +221,7 @@ class Metrics:
             "published_bytes": app.counters.get("published_bytes", 0),
             "delivered_bytes": self.delivered_bytes,
             "evicted": backend.get("evicted", 0),
+            "redis_notifications": backend.get("redis_notifications", 0),
         }
         for name, counter in self.counters.items():
             self._advance(counter, name, values.get(name, 0))

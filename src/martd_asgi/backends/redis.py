@@ -1,11 +1,12 @@
 """The Redis backend: channels live in Redis, so many processes and hosts act as one.
 
 Each change to a channel is one Lua script (``redis_lua``): it validates the
-push, appends to the channel's stream, trims it and PUBLISHes a notification,
-atomically, so pushes from every process get one order and the stream ids are
-the etags everywhere. ``redis_fanout`` brings the notifications to this
-process's subscribers over one pub/sub connection, and catches up from the
-streams after a reconnect.
+push, appends to the channel's stream, trims it and publishes a notification
+on the channel's own pub/sub channel, atomically, so pushes from every process
+get one order and the stream ids are the etags everywhere. ``redis_fanout``
+subscribes to the channels this process has subscribers on, brings their
+notifications to them, and catches up from the streams after subscribing and
+after a reconnect.
 
 While Redis cannot be reached, or refuses an operation (a key of the wrong
 type, out of memory), pushes fail with 503, never silently.
@@ -136,8 +137,9 @@ class RedisBackend:
         self._client, self._prefix, self._others = connect(url, options)
         from redis.asyncio.cluster import RedisCluster
 
-        self._names = KeyNames(self._prefix, cluster=isinstance(self._client, RedisCluster))
-        self._fanout = Fanout(self._client, f"{self._prefix}:events", self._keys)
+        cluster = isinstance(self._client, RedisCluster)
+        self._names = KeyNames(self._prefix, cluster=cluster)
+        self._fanout = Fanout(self._client, self._keys, self._names.events, sharded=cluster)
         self._fanout.gone_key = self._names.gone
         self._renew_now = asyncio.Event()
         self._fanout.on_reconnect = self._renew_now.set
@@ -157,7 +159,7 @@ class RedisBackend:
         self._presence = RedisPresence(
             self._client,
             self._call,
-            events=self._fanout.events,
+            target=self._fanout.target,
             keys=self._keys,
             node=self._node,
             lease_ms=self._lease_ms,
@@ -303,7 +305,7 @@ class RedisBackend:
             return "" if value is None else _arg(value)
 
         args = [
-            self._fanout.events,
+            self._fanout.target(channel),
             channel,
             data,
             "1" if server else "0",
@@ -376,7 +378,7 @@ class RedisBackend:
     async def delete(self, channel: str) -> bool:
         keys = [*self._keys_hsno(channel), self._names.gone(channel)]
         keys += self._idempotency_keys(channel)  # DELETE reads them from the end of KEYS
-        reply = await self._call(self._delete, keys, [self._fanout.events, channel])
+        reply = await self._call(self._delete, keys, [self._fanout.target(channel), channel])
         if reply:
             await self._presence.forget(channel)
         return bool(reply)
@@ -498,6 +500,9 @@ class RedisBackend:
             "published": self.published,
             "redis_connected": self._fanout.listening,
             "redis_reconnects": self._fanout.reconnects,
+            # channels this process's pub/sub follows, and the notifications it received
+            "redis_followed_channels": len(self._fanout.seen),
+            "redis_notifications": self._fanout.heard,
             "local_channels": len(self._conns),
         }
 

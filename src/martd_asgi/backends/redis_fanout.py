@@ -1,63 +1,114 @@
-"""Fan-out for the Redis backend: ONE pub/sub connection per process.
+"""Fan-out for the Redis backend: a process hears only the channels it serves.
 
-Every push's script PUBLISHes a notification that carries the whole message
+Every push's script publishes a notification that carries the whole message
 (channel, etag, expiry, data; ``M`` instead of ``m`` when it also has an event
-name or a type) or a control; this process's single listener
-hands them to the router, in the order Redis ran the scripts.
+name or a type), or a control, on the channel's own pub/sub
+channel (``redis_keys.events``). A process subscribes to a channel when its
+first local subscriber comes and unsubscribes a little while (``linger``)
+after the last one left, so a process decodes only the pushes it delivers.
+The subscriptions share one pub/sub connection (one per shard on Redis
+Cluster: ``redis_links``).
 
-Nothing is lost when that connection breaks (Redis restarted, failover,
-network): the listener reconnects with backoff and, before it reads any new
-notification, re-reads the stream of every channel this process has
-subscribers for, from the newest id it handed over. Ids it already handed
-over are skipped, so nothing is repeated either.
+Nothing is missed by subscribing late: once Redis confirms a subscription,
+the channel's stream is read from the newest id handed over (for a new
+channel, its newest id when the first subscriber attached), and what the
+subscription brings meanwhile waits until that is done. A reconnection
+(Redis restarted, failover, network) is the same for every channel the
+process follows. Ids already handed over are skipped, so nothing is repeated
+either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ..channels import ZERO, EtagKey, Message, etag_key, format_etag
+from redis.crc import key_slot
+
+from ..channels import ZERO, EtagKey, Message, etag_key
 from ..presence import JOIN, LEAVE, Client, PresenceEvent
 from .base import Control, Deliver
+from .redis_catchup import catch_up
+from .redis_links import Link
 
 log = logging.getLogger("martd.redis")
 
-PING_AFTER = 5.0  # seconds without traffic before the listener checks the connection
 MAX_BACKOFF = 2.0
+LINGER = 5.0  # seconds a channel stays subscribed after its last local subscriber left
+SWEEP = 1.0  # seconds between looks for channels to leave
+BATCH = 200  # channels per (un)subscribe command and per catch-up round trip
 
 
 class Fanout:
-    def __init__(self, client: Any, events: str, keys: Callable[[str], list[str]]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        keys: Callable[[str], list[str]],
+        events: Callable[[str], str],
+        *,
+        sharded: bool = False,
+    ) -> None:
         self.client = client
-        self.events = events
         self.keys = keys  # a channel's keys: hash, stream, ...
+        self.events = events  # a channel's pub/sub channel
+        self.sharded = sharded  # Redis Cluster: sharded pub/sub, a link per shard
+        self._notify = "SPUBLISH" if sharded else "PUBLISH"  # what the scripts call
         self.gone_key: Callable[[str], str] | None = None  # where a deletion is noted
         self.deliver: Deliver = lambda event: None
-        # channels with local subscribers -> newest id handed to the router
+        self.linger = LINGER
+        # followed channels (local subscribers, or lingering) -> newest id handed over
         self.seen: dict[str, EtagKey] = {}
+        self.idle: dict[str, float] = {}  # followed channels nobody here reads -> when to leave
         self.waiters: dict[str, list[tuple[EtagKey, asyncio.Future[None]]]] = {}
         self.listening = False
         self.reconnects = 0
+        self.heard = 0  # notifications received: what following only what is read saves
         # Called after each reconnection, e.g. to restore leases a restart lost.
         self.on_reconnect: Callable[[], None] = lambda: None
         # Called when a push switched a channel's presence on or off.
         self.on_presence: Callable[[str], None] = lambda channel: None
+        # The subscriptions of the current connection(s); all forgotten when they break.
+        self._todo: dict[str, None] = {}  # channels to subscribe to, in order
+        self._links: dict[str, Link] = {}  # by node name ("" for a single Redis)
+        self._where: dict[str, Link] = {}  # channel -> the link it is subscribed on
+        self._topics: dict[str, str] = {}  # pub/sub channel -> channel
+        self._want: dict[str, bool] = {}  # channel -> the last command sent subscribes
+        self._unconfirmed: dict[str, int] = {}  # channel -> commands Redis has not confirmed
+        self._held: dict[str, list[str]] = {}  # channel catching up -> notifications meanwhile
+        self._told: dict[str, EtagKey] = {}  # followed channel -> newest deletion reported
+        self.kicks: dict[str, str] = {}  # channel -> whom the catch-up under way let stay
+        self._catch: dict[str, None] = {}  # channels to catch up, in order
+        self._pump_wake = asyncio.Event()
+        self._catch_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failed: asyncio.Future[BaseException] | None = None
+
+    def target(self, channel: str) -> str:
+        """How a script notifies ``channel``'s followers: the command and the pub/sub channel."""
+        return f"{self._notify} {self.events(channel)}"
 
     # ------------------------------------------------------------- channels
 
     def track(self, channel: str, last: EtagKey) -> None:
-        """The first local subscriber of ``channel`` came; ``last`` is older than it."""
-        # Never moved later for subscribers already served: what is still on its
-        # way to them would be skipped.
-        self.seen.setdefault(channel, last)
+        """A local subscriber of ``channel`` came; ``last`` is older than it."""
+        self.idle.pop(channel, None)
+        if channel in self.seen:
+            # Followed already: never moved later for subscribers already served,
+            # what is still on its way to them would be skipped.
+            return
+        self.seen[channel] = last
+        self._todo[channel] = None
+        self._pump_wake.set()
 
     def untrack(self, channel: str) -> None:
-        self.seen.pop(channel, None)
+        """The last local subscriber of ``channel`` left: leave it after ``linger``."""
+        if channel in self.seen:
+            self.idle[channel] = time.monotonic() + self.linger
         for _, fut in self.waiters.pop(channel, []):
             if not fut.done():
                 fut.set_result(None)
@@ -78,25 +129,27 @@ class Fanout:
             if waiting and entry in waiting:
                 waiting.remove(entry)
 
-    # ------------------------------------------------------------- listener
+    # ------------------------------------------------------------- connection
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with backoff."""
         delay = 0.05
         while True:
-            pubsub = None
             try:
-                await self.client.initialize()  # a cluster client learns its slots here
-                pubsub = self.client.pubsub()
-                await pubsub.subscribe(self.events)
-                await asyncio.wait_for(_confirmed(pubsub), 5.0)
-                # New notifications wait on the socket while we catch up, in order.
-                await self.catch_up()
+                self._failed = asyncio.get_running_loop().create_future()
+                if self.sharded and self.reconnects:
+                    await self.client.nodes_manager.initialize()  # slots may have moved
+                else:
+                    await self.client.initialize()  # a cluster client learns its slots here
+                if not self.sharded:
+                    await self._link("", lambda: Link.plain(self.client))
+                self._spawn(self._pump())
+                self._spawn(self._catcher())
                 self.listening = True
                 if self.reconnects:
                     self.on_reconnect()
                 delay = 0.05
-                await self._read(pubsub)
+                raise await self._failed
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # whatever broke: reconnect
@@ -104,29 +157,144 @@ class Fanout:
                     log.warning("redis pub/sub lost (%s); reconnecting", exc)
             finally:
                 self.listening = False
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+                await self._reset()
             self.reconnects += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
 
-    async def _read(self, pubsub: Any) -> None:
-        heard = pinged = time.monotonic()
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception as exc:  # ends this connection; run() starts over
+                if self._failed is not None and not self._failed.done():
+                    self._failed.set_result(exc)
+
+        self._tasks.append(asyncio.ensure_future(guarded()))
+
+    async def _link(self, name: str, make: Callable[[], Link]) -> Link:
+        link = self._links.get(name)
+        if link is None:
+            link = make()
+            self._links[name] = link
+            await link.open()
+            self._spawn(link.read(self._on_message))
+        return link
+
+    async def _reset(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            await link.aclose()
+        for state in (self._where, self._topics, self._want, self._unconfirmed, self._held):
+            state.clear()
+        self._catch.clear()
+        for channel in list(self.idle):
+            self._leave(channel)
+        # Subscribe again to everything still followed, and catch up from the streams.
+        self._todo = dict.fromkeys(self.seen)
+
+    def _leave(self, channel: str) -> None:
+        self.idle.pop(channel, None)
+        self.seen.pop(channel, None)
+        self._todo.pop(channel, None)
+        self._catch.pop(channel, None)
+        self._held.pop(channel, None)
+        self._told.pop(channel, None)
+
+    # ------------------------------------------------------------- subscriptions
+
+    async def _pump(self) -> None:
+        """Send the subscriptions the followed channels need, and leave idle ones."""
         while True:
-            message = await pubsub.get_message(timeout=1.0)
-            now = time.monotonic()
-            if message is None:
-                # Quiet: ask, so that a dead peer or a half-open connection shows itself.
-                if now - heard > 3 * PING_AFTER:
-                    raise ConnectionError("redis pub/sub: no answer to PING")
-                if now - heard >= PING_AFTER and now - pinged >= PING_AFTER:
-                    pinged = now
-                    await pubsub.ping()
-                continue
-            heard = now
-            if message["type"] == "message":
-                self.handle(message["data"])
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._pump_wake.wait(), SWEEP)
+            self._pump_wake.clear()
+            await self._unsubscribe_idle()
+            while self._todo:
+                batch = list(itertools.islice(self._todo, BATCH))
+                for channel in batch:
+                    del self._todo[channel]
+                await self._send(True, [c for c in batch if c in self.seen])
+
+    async def _unsubscribe_idle(self) -> None:
+        now = time.monotonic()
+        due = [channel for channel, when in self.idle.items() if when <= now]
+        for channel in due:
+            self._leave(channel)
+        await self._send(False, [c for c in due if self._want.get(c)])
+
+    async def _send(self, subscribe: bool, channels: list[str]) -> None:
+        groups: dict[tuple[Link, int], list[str]] = {}
+        for channel in channels:
+            topic = self.events(channel)
+            if subscribe:
+                link = await self._link_for(topic)
+            else:
+                link = self._where[channel]
+            # A sharded command takes the channels of one slot only.
+            slot = key_slot(topic.encode()) if link.sharded else 0
+            groups.setdefault((link, slot), []).append(channel)
+        for (link, _), group in groups.items():
+            for start in range(0, len(group), BATCH):
+                chunk = group[start : start + BATCH]
+                topics = []
+                for channel in chunk:
+                    topic = self.events(channel)
+                    topics.append(topic)
+                    self._topics[topic] = channel
+                    self._where[channel] = link
+                    self._want[channel] = subscribe
+                    self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
+                await link.send(link.subscribe if subscribe else link.unsubscribe, topics)
+
+    async def _link_for(self, topic: str) -> Link:
+        if not self.sharded:
+            return self._links[""]
+        node = self.client.nodes_manager.get_node_from_slot(key_slot(topic.encode()))
+        return await self._link(node.name, lambda: Link.shard(node))
+
+    def _on_message(self, link: Link, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "message" or kind == "smessage":
+            self.heard += 1
+            data = message["data"]
+            if self._held:
+                held = self._held.get(self._topics.get(message["channel"], ""))
+                if held is not None:
+                    held.append(data)
+                    return
+            self.handle(data)
+        elif kind in ("subscribe", "ssubscribe", "unsubscribe", "sunsubscribe"):
+            self._confirmed(message["channel"])
+
+    def _confirmed(self, topic: str) -> None:
+        """Redis confirmed a (un)subscription; once all sent are, act on the last."""
+        channel = self._topics.get(topic)
+        if channel is None:
+            return
+        left = self._unconfirmed.get(channel, 0) - 1
+        if left < 0:
+            # Not asked for: Redis Cluster moved the slot to another shard.
+            raise ConnectionError(f"redis pub/sub: {topic} moved to another shard")
+        if left > 0:
+            self._unconfirmed[channel] = left
+            return
+        del self._unconfirmed[channel]
+        if not self._want.get(channel):
+            del self._topics[topic], self._want[channel], self._where[channel]
+        elif channel in self.seen:
+            # Subscribed from now on: read what came before, then what it brings.
+            self._held[channel] = []
+            self._catch[channel] = None
+            self._catch_wake.set()
+
+    # ------------------------------------------------------------- delivery
 
     def handle(self, raw: str) -> None:
         kind = raw[:1]
@@ -147,7 +315,8 @@ class Fanout:
             channel, keep = raw[1:].split("\n", 1)
             self.emit(Control("kicked", channel, keep or None))
         elif kind == "d":
-            self.gone(raw[1:])
+            channel, _, last = raw[1:].partition("\n")
+            self.gone(channel, etag_key(last) or ZERO)
         elif kind in ("j", "l"):
             channel, text = raw[1:].split("\n", 1)
             with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -170,9 +339,13 @@ class Fanout:
                 if key <= msg.key and not fut.done():
                     fut.set_result(None)
 
-    def gone(self, channel: str) -> None:
-        """The channel was deleted: say so; whatever comes next is a new channel."""
+    def gone(self, channel: str, last: EtagKey) -> None:
+        """The channel, up to ``last``, was deleted: say so, once (a deletion may be
+        both read while catching up and heard); whatever comes next is a new channel."""
         if channel in self.seen:
+            if ZERO < last <= self._told.get(channel, ZERO):
+                return
+            self._told[channel] = last
             self.seen[channel] = ZERO
         self.emit(Control("deleted", channel))
 
@@ -182,43 +355,31 @@ class Fanout:
         except Exception:  # one bad subscriber must not stop the listener
             log.exception("delivering %r failed", event)
 
-    async def catch_up(self) -> None:
+    # ------------------------------------------------------------- catching up
+
+    async def _catcher(self) -> None:
+        while True:
+            await self._catch_wake.wait()
+            self._catch_wake.clear()
+            while self._catch:
+                batch = list(itertools.islice(self._catch, BATCH))
+                for channel in batch:
+                    del self._catch[channel]
+                held = {channel: self._held.get(channel) for channel in batch}
+                self.kicks.clear()
+                await self.catch_up(batch)
+                for channel in batch:
+                    mine = held[channel]
+                    # (a channel left and subscribed again meanwhile holds a new list)
+                    if mine is not None and self._held.get(channel) is mine:
+                        del self._held[channel]
+                        told = self.kicks.get(channel)
+                        for raw in mine:
+                            if told is not None and raw == f"k{channel}\n{told}":
+                                told = None  # the switch the catch-up told of: once
+                                continue
+                            self.handle(raw)
+
+    async def catch_up(self, channels: list[str]) -> None:
         """Hand over what was pushed while notifications could not reach us."""
-        now = time.time()
-        for channel in list(self.seen):
-            info, stream = self.keys(channel)[:2]
-            if self.gone_key is not None:
-                deleted = etag_key(await self.client.get(self.gone_key(channel)) or "")
-                seen = self.seen.get(channel)
-                if deleted is not None and seen is not None and ZERO < seen <= deleted:
-                    # Deleted while we could not hear it (perhaps created again since,
-                    # with ids above all of the deleted channel's).
-                    self.gone(channel)
-            dropped = etag_key(await self.client.hget(info, "droppedl") or "0-0") or ZERO
-            if channel in self.seen and dropped > self.seen[channel]:
-                # Evicted or expired before we could hand it over: say so.
-                self.emit(Control("missed", channel))
-            while channel in self.seen:
-                seen = self.seen[channel]
-                start = "-" if seen == ZERO else "(" + format_etag(seen)
-                entries: Any = await self.client.xrange(stream, min=start, max="+", count=500)
-                if not entries:
-                    break
-                for ident, fields in entries:
-                    key = etag_key(ident)
-                    if key is None or channel not in self.seen or key <= self.seen[channel]:
-                        continue
-                    expires = int(fields.get("x", "0")) / 1000
-                    data = fields.get("d", "")
-                    if data and expires > now:
-                        event, ctype = fields.get("e") or None, fields.get("t") or None
-                        self.hand(Message(channel, key, data, expires, event=event, type=ctype))
-                    else:
-                        self.seen[channel] = key
-
-
-async def _confirmed(pubsub: Any) -> None:
-    while True:
-        message = await pubsub.get_message(timeout=1.0)
-        if message is not None and message["type"] == "subscribe":
-            return
+        await catch_up(self, channels)

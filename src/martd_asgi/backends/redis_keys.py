@@ -36,6 +36,11 @@ class KeyNames:
         """The newest etag of a deleted channel, for processes that did not hear of it."""
         return f"{self.prefix}:{{{name}}}:g"
 
+    def events(self, name: str) -> str:
+        """The channel's pub/sub channel: its pushes and control events, for the
+        processes that have subscribers on it (not a key; in the channel's slot)."""
+        return f"{self.prefix}:{{{name}}}:e"
+
     def idempotency(self, name: str) -> list[str]:
         """i ix: the answers to pushes that gave an Idempotency-Key, and when each expires."""
         base = f"{self.prefix}:{{{name}}}:"

@@ -20,6 +20,10 @@ Keys of a channel (see docs/scaling.md), each expiring with what it holds:
 
 and the id clock of the slot (``redis_keys``), a string: the newest id given
 out there. It is the one key that outlives channels, so that ids only grow.
+
+Pushes and control events go to the channel's own pub/sub channel ``e``
+(``SPUBLISH`` on Redis Cluster), which only processes with subscribers on the
+channel listen to.
 """
 
 from __future__ import annotations
@@ -187,6 +191,13 @@ local function touch_hold(o, cid, now, lease)
   live_until(o, exp, now)
 end
 
+-- A notification to the processes that follow the channel: `target` is
+-- 'PUBLISH NAME', or 'SPUBLISH NAME' (sharded pub/sub) on Redis Cluster.
+local function notify(target, payload)
+  local sp = string.find(target, ' ', 1, true)
+  redis.call(string.sub(target, 1, sp - 1), string.sub(target, sp + 1), payload)
+end
+
 -- This process's subscribers on a channel, under a lease that lapses on its own.
 local function set_conns(n, node, conns, now, lease)
   if conns > 0 then
@@ -198,7 +209,7 @@ local function set_conns(n, node, conns, now, lease)
 end
 """
 
-# KEYS h s clock n o i ix; ARGV events channel data server size life one2one keyhash
+# KEYS h s clock n o i ix; ARGV target channel data server size life one2one keyhash
 #   given_size given_life given_one2one lease_ms presence given_presence
 #   event type idem_key idem_fingerprint idem_ttl_ms idem_cap
 # (i ix and the six v1.1 arguments are read from the ends of KEYS and ARGV.)
@@ -317,14 +328,14 @@ if switched_on then
     if cid ~= '#' and cid ~= keep then redis.call('HDEL', o, cid) end
   end
   tidy_holds(o)
-  redis.call('PUBLISH', events, 'k' .. channel .. '\n' .. keep)
+  notify(events, 'k' .. channel .. '\n' .. keep)
 end
-if (presence == '1') ~= had_presence then redis.call('PUBLISH', events, 'P' .. channel) end
+if (presence == '1') ~= had_presence then notify(events, 'P' .. channel) end
 if data ~= '' then
   if ev == '' and ty == '' then
-    redis.call('PUBLISH', events, 'm' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. data)
+    notify(events, 'm' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. data)
   else
-    redis.call('PUBLISH', events, 'M' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. ev
+    notify(events, 'M' .. channel .. '\n' .. id .. '\n' .. fmt(x) .. '\n' .. ev
       .. '\n' .. ty .. '\n' .. data)
   end
 end
@@ -375,17 +386,19 @@ if not given then return {last, 0, droppedl, redis.call('XRANGE', s, '-', '+')} 
 return {last, 1, droppedl, redis.call('XRANGE', s, '(' .. after, '+')}
 """
 
-# KEYS h s n o g i ix; ARGV events channel -> 1 deleted, 0 no such channel
+# KEYS h s n o g i ix; ARGV target channel -> 1 deleted, 0 no such channel
+# (the notification names the deleted incarnation's newest id)
 DELETE = r"""
 local h, s, n, o, g = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = now_ms()
 if not alive(h, s, n, now) then return 0 end
 -- A process that cannot hear the notification now learns of it when it
--- reconnects, while its subscribers' lease on the channel lasts.
+-- reconnects (or subscribes), while its subscribers' lease on the channel lasts.
+local last = redis.call('HGET', h, 'last') or '0-0'
 local ttl = redis.call('PTTL', n)
-if ttl > 0 then redis.call('SET', g, redis.call('HGET', h, 'last') or '0-0', 'PX', ttl) end
+if ttl > 0 then redis.call('SET', g, last, 'PX', ttl) end
 redis.call('DEL', h, s, o, KEYS[#KEYS - 1], KEYS[#KEYS])
-redis.call('PUBLISH', ARGV[1], 'd' .. ARGV[2])
+notify(ARGV[1], 'd' .. ARGV[2] .. '\n' .. last)
 return 1
 """
 

@@ -11,8 +11,9 @@ then any process that serves the channel (at its next renewal, or when it lists
 the clients) removes them and publishes their leave. A client whose last
 subscription ended gets the hold instead; the process where it ended sweeps the
 channel when the hold is over, so it leaves then unless it came back (to any
-process) in between. Joins and leaves are published on the events channel
-(``j``/``l`` notifications) and reach every process's router like messages.
+process) in between. Joins and leaves are published on the channel's pub/sub
+channel (``j``/``l`` notifications) and reach the routers of the processes with
+subscribers on it like messages.
 Both keys expire with the newest lease or hold in them, and go with the channel.
 """
 
@@ -35,6 +36,13 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A notification to the processes that follow the channel: `target` is
+-- 'PUBLISH NAME', or 'SPUBLISH NAME' (sharded pub/sub) on Redis Cluster.
+local function notify(target, payload)
+  local sp = string.find(target, ' ', 1, true)
+  redis.call(string.sub(target, 1, sp - 1), string.sub(target, sp + 1), payload)
+end
+
 local function on(h)
   return redis.call('HGET', h, 'presence') == '1'
 end
@@ -53,7 +61,7 @@ local function sweep(p, pz, events, channel, now)
     redis.call('ZREM', pz, cid)
     if v then
       local _, info = info_of(v)
-      redis.call('PUBLISH', events, 'l' .. channel .. '\n' .. info)
+      notify(events, 'l' .. channel .. '\n' .. info)
     end
   end
 end
@@ -64,7 +72,7 @@ local function keep(p, pz, keep_ms)
 end
 """
 
-# KEYS h p pz; ARGV events channel cid node info lease_ms keep_ms
+# KEYS h p pz; ARGV target channel cid node info lease_ms keep_ms
 # -> 0 no presence, 1 joined, 2 was here already (within its hold, or on another process)
 PRESENT = r"""
 local h, p, pz = KEYS[1], KEYS[2], KEYS[3]
@@ -77,11 +85,11 @@ redis.call('HSET', p, cid, node .. '|' .. info)
 redis.call('ZADD', pz, now + tonumber(ARGV[6]), cid)
 keep(p, pz, tonumber(ARGV[7]))
 if cur then return 2 end
-redis.call('PUBLISH', events, 'j' .. channel .. '\n' .. info)
+notify(events, 'j' .. channel .. '\n' .. info)
 return 1
 """
 
-# KEYS h p pz; ARGV events channel cid node hold_ms keep_ms
+# KEYS h p pz; ARGV target channel cid node hold_ms keep_ms
 # -> 0 nothing to do (not ours, no presence), 1 held, 2 left
 ABSENT = r"""
 local h, p, pz = KEYS[1], KEYS[2], KEYS[3]
@@ -102,11 +110,11 @@ if hold > 0 then
 end
 redis.call('HDEL', p, cid)
 redis.call('ZREM', pz, cid)
-redis.call('PUBLISH', events, 'l' .. channel .. '\n' .. info)
+notify(events, 'l' .. channel .. '\n' .. info)
 return 2
 """
 
-# KEYS h p pz; ARGV events channel node lease_ms keep_ms [cid info]...
+# KEYS h p pz; ARGV target channel node lease_ms keep_ms [cid info]...
 # Renews this process's clients (joining those not there yet) and sweeps the rest.
 RENEW = r"""
 local h, p, pz = KEYS[1], KEYS[2], KEYS[3]
@@ -123,13 +131,13 @@ for i = 6, #ARGV, 2 do
   local cur = redis.call('HGET', p, cid)
   redis.call('HSET', p, cid, node .. '|' .. info)
   redis.call('ZADD', pz, until_ms, cid)
-  if not cur then redis.call('PUBLISH', events, 'j' .. channel .. '\n' .. info) end
+  if not cur then notify(events, 'j' .. channel .. '\n' .. info) end
 end
 keep(p, pz, tonumber(ARGV[5]))
 return 1
 """
 
-# KEYS h p pz; ARGV events channel -> false (no presence) | {"node|client JSON", ...}
+# KEYS h p pz; ARGV target channel -> false (no presence) | {"node|client JSON", ...}
 CLIENTS = r"""
 local h, p, pz = KEYS[1], KEYS[2], KEYS[3]
 if not on(h) then return false end
@@ -137,7 +145,7 @@ sweep(p, pz, ARGV[1], ARGV[2], now_ms())
 return redis.call('HVALS', p)
 """
 
-# KEYS h p pz; ARGV events channel: whoever's lease or hold ran out leaves
+# KEYS h p pz; ARGV target channel: whoever's lease or hold ran out leaves
 SWEEP = r"""
 local h, p, pz = KEYS[1], KEYS[2], KEYS[3]
 if not on(h) then return 0 end
@@ -176,14 +184,14 @@ class RedisPresence:
         client: Any,
         call: Call,
         *,
-        events: str,
+        target: Callable[[str], str],
         keys: Callable[[str], list[str]],
         node: str,
         lease_ms: int,
         hold_ms: int,
     ) -> None:
         self._call = call
-        self._events = events
+        self._target = target  # where a channel's notifications go (``Fanout.target``)
         self._keys = keys
         self._node = node
         # A lease renewed every third of MARTD_LEASE that runs out two thirds after its
@@ -226,7 +234,7 @@ class RedisPresence:
         entry.conns += 1
         if entry.conns == 1 and channel in self.enabled:
             args = [
-                self._events,
+                self._target(channel),
                 channel,
                 client.cid,
                 self._node,
@@ -250,7 +258,7 @@ class RedisPresence:
         if channel not in self.enabled:
             return
         hold = self._hold_ms if keep else 0
-        args = [self._events, channel, client.cid, self._node, hold, self._keep_ms]
+        args = [self._target(channel), channel, client.cid, self._node, hold, self._keep_ms]
         if await self._call(self._absent, self._pkeys(channel), args) == 1:
             self._sweep_later(channel, hold / 1000)
 
@@ -259,13 +267,21 @@ class RedisPresence:
         self.seen(channel, on)
         if not on:
             return
-        args: list[Any] = [self._events, channel, self._node, self._lease_ms, self._keep_ms]
+        args: list[Any] = [
+            self._target(channel),
+            channel,
+            self._node,
+            self._lease_ms,
+            self._keep_ms,
+        ]
         for cid, entry in self.local.get(channel, {}).items():
             args += [cid, entry.client.dumps()]
         await self._call(self._renew, self._pkeys(channel), args)
 
     async def clients(self, channel: str) -> list[Client]:
-        found = await self._call(self._clients, self._pkeys(channel), [self._events, channel])
+        found = await self._call(
+            self._clients, self._pkeys(channel), [self._target(channel), channel]
+        )
         self.seen(channel, found is not None)
         out = []
         for value in found or ():
@@ -302,7 +318,7 @@ class RedisPresence:
 
     async def _sweep(self, channel: str) -> None:
         try:
-            await self._call(self._sweeper, self._pkeys(channel), [self._events, channel])
+            await self._call(self._sweeper, self._pkeys(channel), [self._target(channel), channel])
         except Exception as exc:  # the next renewal or listing sweeps it
             log.warning("presence sweep of %s failed: %s", channel, type(exc).__name__)
 

@@ -1,0 +1,186 @@
+"""What a martd process pays for pushes to channels it has no subscribers on.
+
+Starts a redis-server of its own on a free loopback port (never a shared one)
+and two martd processes on it (uvicorn, one worker each, uvloop + httptools),
+A and B. Opens one SSE subscriber on each of N channels, all on A; pushes P
+messages spread evenly over the channels straight into Redis through the Redis
+backend, as a third martd process would, at most 64 at a time; waits until
+every subscriber has its channel's messages, and prints one JSON line: the CPU
+seconds A and B spent meanwhile, B's as a share of A's, the notifications each
+process's pub/sub received (when the martd it runs reports them), and how many
+deliveries were lost or duplicated.
+
+    .venv/bin/python bench/interest.py                       # 1,000 channels, 20,000 pushes
+    .venv/bin/python bench/interest.py --src ../other/src    # another tree's martd_asgi
+
+The machine's load moves both processes' figures alike; compare the share
+within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import loadgen  # noqa: E402  (bench/ is not a package)
+
+IN_FLIGHT = 64
+
+
+def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    options = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", directory]
+    server = subprocess.Popen(["redis-server", *options], stdout=subprocess.DEVNULL)
+    wait(lambda: _connects(port), "redis-server")
+    return server, port
+
+
+def start_martd(python: str, src: Path, url: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {**os.environ, "MARTD_BACKEND": url, "MARTD_DEMO": "0", "PYTHONPATH": str(src)}
+    command = [python, "-m", "uvicorn", "martd_asgi:app", "--port", str(port)]
+    command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    command += ["--log-level", "warning", "--backlog", "4096"]
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    wait(lambda: proc.poll() is None and _healthy(port), "martd")
+    return proc, port
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _connects(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _healthy(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
+def stats(port: int) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/stats")
+    return dict(json.loads(conn.getresponse().read()))
+
+
+def wait(ready: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            sys.exit(f"{what} did not start")
+        time.sleep(0.05)
+
+
+async def measure(args: argparse.Namespace, url: str, a: Any, b: Any) -> dict[str, Any]:
+    from martd_asgi.backends.redis import RedisBackend
+    from martd_asgi.channels import PushAttributes
+
+    (pid_a, port_a), (pid_b, port_b) = a, b
+    n, total = args.channels, args.pushes
+    tally = loadgen.Tally(1)
+    options = argparse.Namespace(transport="sse", port=port_a, timeout=30.0)
+    subs = await loadgen.connect_subscribers(options, tally, n, lambda i: f"c{i}")
+    pusher = RedisBackend(url)
+    await pusher.start(lambda event: None)
+    attrs = PushAttributes(size=10)
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def push(seq: int) -> None:
+        async with gate:
+            body = loadgen.payload(seq, args.size).decode()
+            await pusher.publish(f"c{seq % n}", body, attrs, server=True)
+
+    async def pushes(seqs: range) -> None:
+        done = tally.wait_total(tally.delivered + len(seqs))
+        await asyncio.gather(*(push(seq) for seq in seqs))
+        await loadgen.await_or_note(done, 60.0, tally, "the deliveries")
+
+    try:
+        await pushes(range(1, n + 1))  # every channel once: warms up, proves each live
+        heard = [stats(port_a).get("redis_notifications"), stats(port_b).get("redis_notifications")]
+        cpu = [loadgen.server_cpu(pid_a), loadgen.server_cpu(pid_b)]
+        started = time.perf_counter()
+        await pushes(range(n + 1, n + 1 + total))
+        elapsed = time.perf_counter() - started
+        cpu = [loadgen.server_cpu(pid_a) - cpu[0], loadgen.server_cpu(pid_b) - cpu[1]]
+        after = [stats(port_a).get("redis_notifications"), stats(port_b).get("redis_notifications")]
+    finally:
+        await pusher.aclose()
+    lost = sum(1 for seq in range(1, n + 1 + total) if subs[seq % n].missing([seq]))
+    return {
+        "channels": n,
+        "subscribers_on_a": len(subs),
+        "pushes": total,
+        "seconds": round(elapsed, 2),
+        "cpu_a_s": round(cpu[0], 2),
+        "cpu_b_s": round(cpu[1], 2),
+        "b_share_of_a": round(cpu[1] / cpu[0], 3) if cpu[0] else None,
+        "notifications_a": None if heard[0] is None else after[0] - heard[0],
+        "notifications_b": None if heard[1] is None else after[1] - heard[1],
+        "lost": lost,
+        "duplicated": tally.duplicates,
+        "errors": tally.errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=1000)
+    parser.add_argument("--pushes", type=int, default=20_000)
+    parser.add_argument("--size", type=int, default=100, help="payload bytes")
+    parser.add_argument("--src", type=Path, default=ROOT / "src", help="martd_asgi's tree")
+    parser.add_argument("--python", default=sys.executable)
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.src.resolve()))
+    loadgen.raise_nofile(args.channels + 200)
+    directory = tempfile.mkdtemp(prefix="martd-interest-")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        redis, port = start_redis(directory)
+        procs.append(redis)
+        url = f"redis://127.0.0.1:{port}/0"
+        martds = [start_martd(args.python, args.src.resolve(), url) for _ in range(2)]
+        procs += [proc for proc, _ in martds]
+        pids = [(proc.pid, port) for proc, port in martds]
+        result = asyncio.run(measure(args, url, pids[0], pids[1]))
+        print(json.dumps({"src": str(args.src), **result}))
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
