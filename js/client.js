@@ -1,12 +1,15 @@
 /*! martd browser client. https://github.com/martd/martd_asgi (MIT)
  *
- *   var handle = martd.sub("channel", function (payload, etag) {}, etag);
+ *   var handle = martd.sub("channel", function (payload, etag, meta) {}, etag);
  *   handle.cancel();
- *   martd.pub("channel", key, data).then(...);
+ *   martd.pub("channel", key, data, {size: 20, event: "chat"}).then(...);
  *   martd.on("missed" | "kicked" | "deleted" | "state" | "error", function (detail) {});
  *   martd.on("join" | "leave", function (who) {});  // who: {channel, cid, user}
  *   martd.presence("channel").then(function (clients) {});
- *   martd.config({transport: "jsonp", share: false});
+ *   martd.config({transport: "jsonp", share: false, credentials: true});
+ *
+ * Without an etag a subscription starts where this tab last left the channel
+ * (sessionStorage), else at "0" (everything retained); false starts from now.
  *
  * Plain ES5 so that it runs as it is in old browsers; client.mjs imports it as
  * an ES module. Every subscription of a page (and of every tab of the same
@@ -24,6 +27,8 @@
   var NAME = /^[A-Za-z0-9_.:@~\-]{1,128}$/;
   var ORDER = ["sse", "websocket", "longpoll", "jsonp"];
   var REMEMBER = "martd.transport";
+  var LEFT = "martd.etag ";  // + url + " " + channel: the newest etag delivered in this tab
+  var REFUSED = { 401: 1, 403: 1, 409: 1, 410: 1 };
   var has = Object.prototype.hasOwnProperty;
 
   var cfg = {
@@ -33,6 +38,7 @@
     stall: 8000,        // ms a stream may take to open before the next transport is tried
     idle: 45000,        // ms without any WebSocket frame (pings included): dead
     token: null,        // a signed token (grants for private channels and pushes), sent as ?token=
+    credentials: false, // send cookies cross-origin (EventSource and XHR withCredentials)
     timeout: 25,        // seconds a long-poll waits
     retry: 500,         // ms before the first reconnect; doubles up to maxRetry
     maxRetry: 30000
@@ -71,10 +77,12 @@
     return out;
   }
 
-  function storage(value) {
+  function storage(value, key) {
+    key = key || REMEMBER;
     try {
-      if (value === undefined) return win.sessionStorage.getItem(REMEMBER);
-      win.sessionStorage.setItem(REMEMBER, value);
+      if (value === undefined) return win.sessionStorage.getItem(key);
+      if (value === null) win.sessionStorage.removeItem(key);
+      else win.sessionStorage.setItem(key, value);
     } catch (e) { /* storage may be off */ }
     return null;
   }
@@ -116,7 +124,7 @@
   var remote = {};     // leader: tab id -> [channels] other tabs want
   var leader = false, started = false, pending = false;
   var conn = null, timer = null, order = [], ti = 0, fails = 0, attempt = 0, worked = {};
-  var bc = null, pubs = {}, pubSeq = 0, jp = null, jpSeq = 0, subSeq = 0;
+  var bc = null, pubs = {}, pubSeq = 0, jp = null, jpSeq = 0, subSeq = 0, saved = {};
 
   function emit(name, detail) {
     var list = (listeners[name] || []).slice();
@@ -162,9 +170,21 @@
 
   // ------------------------------------------------- delivery in this tab
 
-  function call(sub, data, etag) {
+  function call(sub, data, etag, meta) {
     if (sub.gone) return;
-    try { sub.cb(data, etag); } catch (e) { later(function () { throw e; }); }
+    if (etag) left(sub.channel, etag);
+    try { sub.cb(data, etag, meta || {}); } catch (e) { later(function () { throw e; }); }
+  }
+
+  // Where this tab left a channel, for its next page (null: forget it).
+  function left(channel, etag) {
+    if (etag === undefined) return storage(undefined, LEFT + cfg.url + " " + channel);
+    if (saved[channel] !== etag) storage(saved[channel] = etag, LEFT + cfg.url + " " + channel);
+    return null;
+  }
+
+  function meta(m) {
+    return { event: m.event, type: m.type };
   }
 
   function record(channel) {
@@ -172,7 +192,7 @@
   }
 
   // One message, from our connection or relayed by the leader; false if seen.
-  function dispatch(channel, etag, data) {
+  function dispatch(channel, etag, data, info) {
     var k = record(channel);
     if (etag) {
       if (indexOf(k.recent, etag) >= 0) return false;
@@ -181,8 +201,8 @@
       k.etag = etag;
     }
     each((subs[channel] || []).slice(), function (sub) {
-      if (sub.buffer) sub.buffer.push([etag, data]);
-      else call(sub, data, etag);
+      if (sub.buffer) sub.buffer.push([etag, data, info]);
+      else call(sub, data, etag, info);
     });
     return true;
   }
@@ -194,15 +214,35 @@
       return;
     }
     if (type !== "kicked" && type !== "deleted") return;
+    if (type === "deleted") {
+      delete known[channel];
+      left(channel, null);
+    }
+    end(channel, type, { channel: channel });
+  }
+
+  // Every subscription of ``channel`` in this tab ends; the page hears ``name``.
+  function end(channel, name, detail) {
     var list = subs[channel];
     delete subs[channel];
     delete want[channel];
-    if (type === "deleted") delete known[channel];
+    each(keys(remote), function (tab) {
+      var at = indexOf(remote[tab], channel);
+      if (at >= 0) remote[tab].splice(at, 1);
+    });
     if (list) {
       each(list, function (sub) { sub.gone = true; });
-      emit(type, { channel: channel });
+      emit(name, detail);
       changed();
     }
+  }
+
+  // The server refused a channel (401, 403, 409, 410): only its subscriptions end.
+  function refuse(channel, status, error) {
+    var detail = { channel: channel, status: status, error: error };
+    post({ t: "r", detail: detail });
+    end(channel, "error", detail);
+    if (leader) changed();
   }
 
   // A subscription that gave an etag on a channel that is already streamed
@@ -219,12 +259,12 @@
         if (group.missed) emit("missed", { channel: sub.channel });
         each(group.messages || [], function (m) {
           seen[m.etag] = true;
-          call(sub, m.data, m.etag);
+          call(sub, m.data, m.etag, meta(m));
         });
       } else if (!body || body.error) {
         emit("error", { status: status, error: (body && body.error) || "catch-up failed" });
       }
-      each(held, function (m) { if (!seen[m[0]]) call(sub, m[1], m[0]); });
+      each(held, function (m) { if (!seen[m[0]]) call(sub, m[1], m[0], m[2]); });
     });
   }
 
@@ -236,8 +276,9 @@
       throw new Error("martd: a channel name is 1 to 128 characters of A-Z a-z 0-9 _ . : @ ~ -");
     }
     var sub = { channel: channel, cb: cb, id: ++subSeq, buffer: null, from: null };
-    if (etag !== undefined && etag !== null && etag !== "") {
-      sub.from = String(etag);
+    if (etag !== false) {
+      // no etag: where this tab left the channel, else everything retained
+      sub.from = etag !== undefined && etag !== null && etag !== "" ? String(etag) : left(channel) || "0";
       sub.buffer = [];
     }
     (subs[channel] = subs[channel] || []).push(sub);
@@ -262,7 +303,13 @@
     }
   }
 
-  martd.pub = function (channel, key, data, done) {
+  // attrs: size, life, one2one, presence, event (as on POST /pub)
+  martd.pub = function (channel, key, data, attrs, done) {
+    if (typeof attrs === "function") {
+      done = attrs;
+      attrs = null;
+    }
+    attrs = attrs || {};
     var body = typeof data === "string" ? data : JSON.stringify(data);
     function run(resolve, reject) {
       function fail(status, answer) {
@@ -270,17 +317,23 @@
         error.status = status;
         reject(error);
       }
+      // UTF-8 cannot carry a lone surrogate: refuse it rather than let it turn into U+FFFD
+      if (/[\ud800-\udbff](?![\udc00-\udfff])|(^|[^\ud800-\udbff])[\udc00-\udfff]/.test(body)) {
+        return fail(400, { error: "data: not valid UTF-8 (a lone surrogate)" });
+      }
       var x = leader && conn && conn.ok && !conn.dead && conn.x;
       if (x && x.send && x.ready()) {
         var id = ++pubSeq;
         pubs[id] = { resolve: resolve, fail: fail };
         var frame = { type: "pub", channel: channel, data: body, id: id };
         if (key !== undefined && key !== null) frame.key = key;
+        each(keys(attrs), function (k) { frame[k] = attrs[k]; });
         x.send(frame);
         return;
       }
       var query = [];
       if (key !== undefined && key !== null) query.push("key=" + encodeURIComponent(key));
+      each(keys(attrs), function (k) { query.push(k + "=" + encodeURIComponent(attrs[k])); });
       if (cfg.token) query.push("token=" + encodeURIComponent(cfg.token));
       var url = cfg.url + "/pub/" + encodeURIComponent(channel) + (query.length ? "?" + query.join("&") : "");
       xhrPost(url, body, function (status, answer) {
@@ -329,7 +382,8 @@
       else if (has.call(cfg, k)) cfg[k] = options[k];
     });
     if (typeof cfg.url === "string") cfg.url = cfg.url.replace(/\/$/, "");
-    if (leader && ("transport" in options || "transports" in options || "url" in options || "token" in options)) {
+    if (leader && ("transport" in options || "transports" in options || "url" in options ||
+        "token" in options || "credentials" in options)) {
       restart();
     }
     return martd;
@@ -378,11 +432,12 @@
       }
       return;
     }
-    if (m.t === "m") dispatch(m.c, m.e, m.d);
+    if (m.t === "m") dispatch(m.c, m.e, m.d, m.x);
     else if (m.t === "e") record(m.c).etag = m.e;
     else if (m.t === "c") control(m.type, m.c, m.b);
     else if (m.t === "s") { setLive(m.live || []); setState(m.state, m.transport); }
     else if (m.t === "x") emit("error", m.detail);
+    else if (m.t === "r") end(m.detail.channel, "error", m.detail);
     else if (m.t === "hello") announce();
   }
 
@@ -482,7 +537,7 @@
       setState("idle", null);
       return;
     }
-    conn = connect(names, old && !old.dead ? old.names : null);
+    conn = connect(names, old && !old.dead && old.ok ? old.names : null);
     // A stream replaces the old one once it is open (dispatch drops repeats); a poll at once.
     if (old && (!conn.streaming || old.dead)) old.close();
     else if (old) conn.old = old;
@@ -516,9 +571,10 @@
           setLive(names);
         }
       },
-      msg: function (channel, etag, data) {
+      msg: function (channel, etag, data, m) {
         if (c.dead) return;
-        if (dispatch(channel, etag, data)) post({ t: "m", c: channel, e: etag, d: data });
+        var info = meta(m || {});
+        if (dispatch(channel, etag, data, info)) post({ t: "m", c: channel, e: etag, d: data, x: info });
       },
       etag: function (channel, etag) {
         if (c.dead || !etag) return;
@@ -531,9 +587,24 @@
         control(type, channel, body);
       },
       error: function (detail) {
+        if (c.dead) return;
+        var channel = detail && refused(detail, names);
+        if (channel) return refuse(channel, detail.status, detail.error);
         if (detail) {
           post({ t: "x", detail: detail });
           emit("error", detail);
+        } else if (c.streaming && !c.ok) {
+          // A stream refused before it opened does not show its status: ask once,
+          // so that a channel the server refuses ends alone.
+          clearTimeout(c.stall);
+          if (c.x) c.x.close();
+          c.x = null;
+          return probe(names, function (status, body) {
+            if (c.dead) return;
+            channel = body && refused({ status: status, channel: body.channel }, names);
+            if (channel) refuse(channel, status, body.error);
+            else failed(c);
+          });
         }
         failed(c);
       }
@@ -548,6 +619,23 @@
       setTimeout(function () { h.error({ error: "transport: " + ((err && err.message) || err) }); }, 0);
     }
     return c;
+  }
+
+  // The channel a refusal names (or the only one), if it is a refusal.
+  function refused(detail, names) {
+    if (!REFUSED[detail.status]) return null;
+    var channel = detail.channel || (names.length === 1 && names[0]);
+    return indexOf(names, channel) >= 0 ? channel : null;
+  }
+
+  function probe(names, done) {
+    var jsonp = martd.transport === "jsonp" || !win.XMLHttpRequest;
+    var url = subUrl(names, []) + "&timeout=1";
+    (jsonp ? jsonpGet : xhrGet)(url, 10000, function (status, body) {
+      // XHR refused across origins (no CORS): a script tag is not
+      if (!status && !jsonp && doc) jsonpGet(url, 10000, done);
+      else done(status, body);
+    });
   }
 
   function failed(c) {
@@ -589,18 +677,23 @@
     return url;
   }
 
+  // ?format=json: each event's data is the message as JSON, so CR and CRLF arrive as sent
   function eventSource(names, etags, h) {
-    var es = new win.EventSource(subUrl(names, etags) + "&transport=sse");
+    var url = subUrl(names, etags) + "&transport=sse&format=json";
+    var es = cfg.credentials ? new win.EventSource(url, { withCredentials: true }) : new win.EventSource(url);
     es.onopen = h.open;
     es.onerror = function () { h.error(null); };
     if (names.length === 1) {
-      es.onmessage = function (e) { h.msg(names[0], e.lastEventId, e.data); };
+      es.onmessage = function (e) {
+        var m = parse(e.data);
+        if (m) h.msg(names[0], m.etag, m.data, m);
+      };
     } else {
       each(names, function (name, i) {
         es.addEventListener(name, function (e) {
-          var ids = String(e.lastEventId).split(",");
+          var ids = String(e.lastEventId).split(","), m = parse(e.data);
           each(ids, function (id, j) { if (j !== i) h.etag(names[j], id); });
-          h.msg(name, ids[i], e.data);
+          if (m) h.msg(name, m.etag, m.data, m);
         });
       });
     }
@@ -626,7 +719,8 @@
       alive();
       var body = parse(e.data);
       if (!body) return;
-      if (!body.type) h.msg(body.channel, body.etag, body.data);
+      // a message has data (its type, if any, is its content type); other frames do not
+      if (typeof body.data === "string") h.msg(body.channel, body.etag, body.data, body);
       else if (body.type === "ack" || body.type === "error") settle(body);
       else if (body.type !== "ping" && body.type !== "pong") h.control(body.type, body.channel, body);
     };
@@ -660,7 +754,7 @@
           each(keys(groups), function (channel) {
             var group = groups[channel];
             if (group.missed) h.control("missed", channel);
-            each(group.messages || [], function (m) { h.msg(channel, m.etag, m.data); });
+            each(group.messages || [], function (m) { h.msg(channel, m.etag, m.data, m); });
             h.etag(channel, group.etag);
           });
           next();
@@ -671,7 +765,7 @@
         } else {
           // 4xx: something to tell; 0 and 5xx (shutdown, a restart): just reconnect
           var told = status >= 400 && status < 500 && body && body.error;
-          h.error(told ? { status: status, error: body.error } : null);
+          h.error(told ? { status: status, error: body.error, channel: body.channel } : null);
         }
       }
       function next() {
@@ -706,6 +800,7 @@
     var x = new win.XMLHttpRequest(), over = false;
     x.open(method, url, true);
     x.timeout = ms;
+    if (cfg.credentials) x.withCredentials = true;
     if (body !== null) x.setRequestHeader("Content-Type", "text/plain;charset=UTF-8");
     x.onreadystatechange = function () {
       if (x.readyState !== 4 || over) return;

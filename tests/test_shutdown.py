@@ -85,7 +85,8 @@ async def test_shutdown_sigterm_ends_500_streams_and_polls_within_grace() -> Non
             assert stream.data.endswith(b"\r\n0\r\n\r\n")  # the chunked end: a clean close
         for stream in polls:
             assert stream.data.startswith(b"HTTP/1.1 200")
-            assert stream.data.endswith(b'\r\n\r\n{"channels":{}}')
+            empty = b'{"channels":{"news":{"etag":"0","messages":[],"missed":false}}}'
+            assert stream.data.endswith(b"\r\n\r\n" + empty)
     assert "Traceback" not in server.output()
     assert "ERROR" not in server.output()
 

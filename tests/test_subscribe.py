@@ -45,11 +45,23 @@ async def test_longpoll_waits_then_answers_with_the_message(client: httpx.AsyncC
     }
 
 
-async def test_longpoll_times_out_empty(client: httpx.AsyncClient) -> None:
+async def test_longpoll_times_out_with_every_channel_and_where_to_resume(
+    client: httpx.AsyncClient,
+) -> None:
     started = time.monotonic()
     answer = await client.get("/sub/idle?timeout=1")
-    assert answer.status_code == 200 and answer.json() == {"channels": {}}
+    assert answer.status_code == 200
+    assert answer.json() == {"channels": {"idle": {"etag": "0", "messages": [], "missed": False}}}
+    assert answer.headers["etag"] == '"0"'
     assert 0.9 <= time.monotonic() - started < 3
+    etag = await push(client, "held", "kept")
+    answer = await client.get("/sub/idle,held?timeout=1")
+    assert answer.json() == {
+        "channels": {
+            "idle": {"etag": "0", "messages": [], "missed": False},
+            "held": {"etag": etag, "messages": [], "missed": False},
+        }
+    }
 
 
 async def test_longpoll_timeout_is_clamped(make_server: Callable[..., ServerThread]) -> None:
@@ -57,7 +69,9 @@ async def test_longpoll_timeout_is_clamped(make_server: Callable[..., ServerThre
     async with httpx.AsyncClient(base_url=server.url) as client:
         started = time.monotonic()
         answer = await client.get("/sub/idle?timeout=500")
-        assert answer.json() == {"channels": {}}
+        assert answer.json() == {
+            "channels": {"idle": {"etag": "0", "messages": [], "missed": False}}
+        }
         assert time.monotonic() - started < 3
 
 
@@ -220,8 +234,9 @@ async def test_longpoll_several_channels_with_positional_etags(client: httpx.Asy
     await push(client, "pb", "b1")
     answer = await client.get("/sub/pa,pb,pc", params={"etag": f"{a1},0,"})
     groups = answer.json()["channels"]
-    assert list(groups) == ["pa", "pb"]
+    assert list(groups) == ["pa", "pb", "pc"]
     assert datas(groups["pa"]) == ["a2"] and datas(groups["pb"]) == ["b1"]
+    assert groups["pc"] == {"etag": "0", "messages": [], "missed": False}
     wrong = await client.get("/sub/pa,pb", params={"etag": "0"})
     assert wrong.status_code == 400 and "etag" in wrong.json()["error"]
 

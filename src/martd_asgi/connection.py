@@ -1,7 +1,8 @@
 """Reaching the server's connection under an ASGI ``send``, where the server allows it.
 
-Two things ASGI cannot say: "drop this connection now" and "bound its kernel
-send buffer". Both matter for a subscriber that stops reading. uvicorn's
+Three things ASGI cannot say: "drop this connection now", "bound its kernel
+send buffer" and "end this body by closing, never chunk it". The first two
+matter for a subscriber that stops reading, the third for an HTTP/1.0 client. uvicorn's
 ``send`` is a bound method of an object holding the asyncio transport, so
 martd reaches it there; anywhere else these do nothing and martd falls back to
 portable behaviour (the handler returns and the server closes the connection).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -62,3 +63,36 @@ def set_send_buffer(send: Send, size: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
         except (OSError, AttributeError):
             pass
+
+
+UNBOUNDED = 1 << 62
+AnySend = TypeVar("AnySend", bound=Callable[..., Awaitable[None]])
+
+
+def close_delimited(send: AnySend) -> AnySend:
+    """A ``send`` whose response body is delimited by closing the connection.
+
+    For an HTTP/1.0 client, which cannot read chunked bodies: uvicorn's h11
+    protocol does that on its own, but its httptools protocol chunks any
+    response without ``Content-Length``, whatever the request's version.
+    There the response is told it has a length too large to reach, and the
+    last body event the length it completes; the protocol then writes the body
+    as it is and closes the connection (HTTP/1.0 is never kept alive).
+    Elsewhere ``send`` is returned as it is.
+    """
+    cycle: Any = getattr(send, "__self__", None)
+    if getattr(cycle, "chunked_encoding", False) is not None or not isinstance(
+        getattr(cycle, "expected_content_length", None), int
+    ):
+        return send
+
+    async def delimited(event: dict[str, Any]) -> None:
+        if event["type"] == "http.response.start":
+            cycle.chunked_encoding = False
+            cycle.expected_content_length = UNBOUNDED
+        elif event["type"] == "http.response.body" and not event.get("more_body", False):
+            cycle.expected_content_length = len(event.get("body", b""))
+        await send(event)
+
+    delimited.__wrapped__ = send  # type: ignore[attr-defined]
+    return cast(AnySend, delimited)

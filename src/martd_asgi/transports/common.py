@@ -153,6 +153,7 @@ class Subscription:
     cid_given: bool
     callback: str | None = None
     timeout: float = 30.0
+    json: bool = False  # ?format=json: SSE events carry JSON message objects
     # Who subscribes: the ``sub`` claim of the token, or the ``user`` the site's
     # auth hook answered, that admitted a private channel; else None.
     user: str | int | None = None
@@ -208,6 +209,10 @@ def parse_subscription(
     if transport == "jsonp" and callback is None:
         raise BadRequest("callback: required for the jsonp transport")
 
+    fmt = query.get("format")
+    if fmt is not None and fmt != "json":
+        raise BadRequest("format: must be json (or left out)")
+
     etags: list[str | None] = [None] * len(channels)
     if headers.get("last-event-id", "").strip():
         etags = _etag_list(headers["last-event-id"], len(channels), "Last-Event-ID")
@@ -244,4 +249,5 @@ def parse_subscription(
         cid_given=cid is not None,
         callback=callback,
         timeout=timeout,
+        json=fmt == "json",
     )

@@ -1,8 +1,10 @@
 """Long-poll (JSON) and JSONP: one answer with everything new, then the client asks again.
 
 A waiting poll costs a registered subscriber and nothing else: the publisher
-answers it directly, and the router's timer answers it empty at its deadline.
-For the common case (one channel, nothing missed) the answer is made once per
+answers it directly, and the router's timer answers it at its deadline. Every
+answer names every requested channel with the etag to resume it from, so a
+client that polls again with those etags loses nothing pushed in between. For
+the common case (one channel, nothing missed) the answer is made once per
 message and shared by every poll it completes.
 """
 
@@ -20,8 +22,6 @@ from .common import Send, json_bytes, response_events
 JSON = b"application/json"
 JAVASCRIPT = b"application/javascript; charset=utf-8"
 NOSNIFF = [(b"x-content-type-options", b"nosniff")]
-EMPTY = json_bytes({"channels": {}})
-
 Group = dict[str, Any]
 
 
@@ -35,13 +35,20 @@ def _lp_events(msg: Message) -> list[dict[str, Any]]:
 
 
 class LongPollSubscriber(Subscriber):
-    __slots__ = ()
+    __slots__ = ("ending", "resume")
     transport = "longpoll"
     stream = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # per channel, the etag to resume from when this answer has nothing for it;
+        # None until history was read
+        self.resume: list[str] | None = None
+        self.ending = False  # shutdown came while history was being read
+
     def respond(self, messages: list[Message], extra: dict[str, Group] | None = None) -> None:
         missed = self.missed
-        if extra is None and len(messages) == 1 and not missed:
+        if extra is None and len(messages) == 1 and not missed and len(self.channels) == 1:
             self.finish(messages[0].memo("lp", _lp_events))
             return
         groups: dict[str, Group] = dict(extra or {})
@@ -56,13 +63,20 @@ class LongPollSubscriber(Subscriber):
             newest = etag_key(group["etag"])
             if newest is None or msg.key > newest:
                 group["etag"] = msg.etag
-        ordered = {c: groups[c] for c in self.channels if c in groups}
-        self.answer(200, {"channels": ordered}, ordered)
+        self.answer(200, {"channels": self.every(groups)}, groups)
+
+    def every(self, groups: dict[str, Group]) -> dict[str, Group]:
+        """``groups`` with an entry for every requested channel, in their order."""
+        resume = self.resume or ["0"] * len(self.channels)
+        return {
+            c: groups[c] if c in groups else _group(resume[i], [], False)
+            for i, c in enumerate(self.channels)
+        }
 
     def answer(self, status: int, payload: dict[str, Any], groups: dict[str, Group]) -> None:
         headers = []
-        if len(groups) == 1 and len(self.channels) == 1:
-            (group,) = groups.values()
+        if status == 200 and len(self.channels) == 1:
+            (group,) = payload["channels"].values()
             headers.append((b"etag", f'"{group["etag"]}"'.encode()))
         self.finish(response_events(status, json_bytes(payload), JSON, headers))
 
@@ -75,8 +89,11 @@ class LongPollSubscriber(Subscriber):
     def end(self, reason: str) -> None:
         if reason == "slow":
             self.abort()
+        elif self.resume is None:
+            # the etags to resume from are not known yet: begin() answers
+            self.ending = True
         else:
-            self.answer(200, {"channels": {}}, {})
+            self.answer(200, {"channels": self.every({})}, {})
 
 
 class JSONPSubscriber(LongPollSubscriber):
@@ -115,6 +132,7 @@ async def begin(
     """Answer at once with what is there, or wait (registered) until the deadline."""
     extra: dict[str, Group] = {}
     messages: list[Message] = []
+    sub.resume = [history.last_etag for history in histories]
     for index, history in enumerate(histories):
         channel = sub.channels[index]
         fresh = sub.fresh(history.messages)
@@ -123,7 +141,12 @@ async def begin(
             extra[channel] = _group(history.last_etag, [], history.missed)
         messages.extend(fresh)
     if messages or extra:
-        sub.respond(messages, extra)
+        # with what arrived while history was read (pushed after it, or after
+        # the subscription began for a channel given no etag)
+        queued = [item for item in sub.backlog or () if isinstance(item, Message)]
+        sub.respond(messages + sub.fresh(queued), extra)
+    elif sub.ending:
+        sub.end("shutdown")
     await sub.drain()
     if not sub.closed:
         router.expire_at(sub, deadline)

@@ -5,6 +5,10 @@ lines); its frame is made once per message and handed to every subscriber. For
 several channels an event is named after its channel and its ``id:`` lists the
 etag of every channel, so a reconnect with ``Last-Event-ID`` resumes them all;
 those frames are per subscriber.
+
+With ``?format=json`` each event's data is one line of JSON, the message
+object of long-poll (``{"etag", "data", "event", "type"}``): plain SSE has no
+way to carry a lone CR, JSON carries every payload byte for byte.
 """
 
 from __future__ import annotations
@@ -32,17 +36,30 @@ def body(data: bytes, more: bool = True) -> dict[str, Any]:
     return {"type": "http.response.body", "body": data, "more_body": more}
 
 
+def _json_data(msg: Message) -> bytes:
+    line = json.dumps(msg.as_json(), ensure_ascii=False, separators=(",", ":"))
+    return b"data: " + line.encode() + b"\n"
+
+
+def _json_single(msg: Message) -> dict[str, Any]:
+    data: bytes = msg.memo("sse_json_data", _json_data)
+    return body(b"id: " + msg.etag.encode() + b"\n" + data + b"\n")
+
+
 class SSESubscriber(Subscriber):
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "json")
     transport = "sse"
     stream = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, json: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ids: list[str] | None = None  # several channels: the etag of each, for id:
+        self.json = json  # ?format=json
 
     def encode(self, msg: Message, index: int) -> dict[str, Any]:
         if self.ids is None and not self.missed:
+            if self.json:
+                return msg.memo("sse_json", _json_single)  # type: ignore[no-any-return]
             return msg.encoded("sse")  # type: ignore[no-any-return]
         return body(self.frame(msg, index))
 
@@ -52,11 +69,15 @@ class SSESubscriber(Subscriber):
             self.missed.discard(msg.channel)
             out = control_frame("missed", msg.channel)
         if self.ids is None:
-            frame: bytes = msg.encoded("sse")["body"]
+            single = msg.memo("sse_json", _json_single) if self.json else msg.encoded("sse")
+            frame: bytes = single["body"]
             return out + frame
         self.ids[index] = msg.etag
         head = f"event: {msg.channel}\nid: {','.join(self.ids)}\n".encode()
-        data: bytes = msg.encoded("sse_data")
+        if self.json:
+            data: bytes = msg.memo("sse_json_data", _json_data)
+        else:
+            data = msg.encoded("sse_data")
         return out + head + data + b"\n"
 
     def ping_event(self) -> dict[str, Any] | None:
@@ -73,9 +94,17 @@ class SSESubscriber(Subscriber):
 
 
 async def begin(
-    sub: SSESubscriber, histories: list[History], send: Send, given: list[str | None]
+    sub: SSESubscriber,
+    histories: list[History],
+    send: Send,
+    given: list[str | None],
+    *,
+    close: bool = False,
 ) -> None:
-    """Send the headers, what the subscriber missed and its history, then go live."""
+    """Send the headers, what the subscriber missed and its history, then go live.
+
+    ``close``: the stream ends by closing the connection (an HTTP/1.0 client).
+    """
     channels = sub.channels
     if len(channels) > 1:
         # Each event's id must resume every channel: one whose history is still to
@@ -83,7 +112,8 @@ async def begin(
         sub.ids = [
             (given[i] or "0") if h.messages else h.last_etag for i, h in enumerate(histories)
         ]
-    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    headers = [*HEADERS, (b"connection", b"close")] if close else HEADERS
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     chunks = [f"retry: {RETRY_MS}\n\n".encode()]
     for index, history in enumerate(histories):
         if history.missed and history.exists:

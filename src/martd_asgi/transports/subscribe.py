@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..authhook import check_subscribe
 from ..channels import History, etag_key
+from ..connection import close_delimited
 from ..errors import MartdError, Unavailable
 from ..presence import STREAMS, Client
 from ..subscriber import Subscriber
@@ -180,7 +181,7 @@ async def session(
 
 def _subscriber(app: MartdApp, req: Subscription, send: Send) -> Subscriber:
     if req.transport == "sse":
-        return sse.SSESubscriber(send, req.channels, req.cid, app.router)
+        return sse.SSESubscriber(send, req.channels, req.cid, app.router, json=req.json)
     if req.transport == "jsonp":
         assert req.callback is not None  # parse_subscription requires one for jsonp
         return longpoll.JSONPSubscriber(
@@ -192,13 +193,16 @@ def _subscriber(app: MartdApp, req: Subscription, send: Send) -> Subscriber:
 async def run(
     app: MartdApp, request: Request, req: Subscription, receive: Receive, send: Send
 ) -> None:
+    http10 = req.transport == "sse" and request.scope.get("http_version") == "1.0"
+    if http10:
+        send = close_delimited(send)
     make = functools.partial(_subscriber, app, req, send)
     async with session(app, request, req, send, make) as started:
         if started is None:
             return
         sub, found = started
         if req.transport == "sse":
-            await sse.begin(sub, found, send, req.etags)
+            await sse.begin(sub, found, send, req.etags, close=http10)
         else:
             deadline = time.monotonic() + req.timeout
             await longpoll.begin(sub, found, deadline=deadline, router=app.router)

@@ -140,6 +140,8 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
         check_name(channel)
         if not isinstance(data, str):
             raise BadRequest("data: a pub frame carries its payload as a string", field="data")
+        if not _well_formed(data):
+            raise BadRequest("data: not valid UTF-8 (a lone surrogate)", field="data")
         if len(data.encode()) > app.settings.max_payload:
             raise PayloadTooLarge(f"payload: larger than {app.settings.max_payload} bytes")
         given: dict[str, str] = {
@@ -213,6 +215,15 @@ def _unsendable(value: Any) -> str | None:
     except (RecursionError, ValueError):
         return "frame: nested too deeply"
     return None
+
+
+def _well_formed(text: str) -> bool:
+    # JSON can spell a lone surrogate ("\ud800"); UTF-8 cannot carry one
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text(value: Any) -> str:
