@@ -1,15 +1,14 @@
-"""client.js as contract v1.1 has it, in Debian's Chromium (Playwright) against a real server.
+"""client.js as contract v1.1 has it, in Chromium and Firefox ESR, against a real server.
 
 Pages only use ``page.goto``, ``page.evaluate`` and ``page.wait_for_function``.
 One martd serves the whole module: the page is not a server (``allow=""``),
 ``vip.*`` is private, and a second origin may use martd with credentials.
-Each test uses channel names of its own.
+Each test uses channel names of its own (per engine, too).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,14 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServerThread, require
+from browsers import both_engines, engines_with
+from conftest import ServerThread
 from martd_asgi import create_app
 from martd_asgi.tokens import mint_token
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking"]
 SECRET = "client-v11-secret-of-at-least-32-bytes"
 AUTH = {"authorization": f"Bearer {SECRET}"}
 TRANSPORTS = ["sse", "websocket", "longpoll", "jsonp"]
@@ -95,25 +93,6 @@ def sites() -> Iterator[Sites]:
         stop(other)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    require("browser", os.path.exists(CHROMIUM), f"{CHROMIUM} is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def context(browser: Any) -> Iterator[Any]:
-    ctx = browser.new_context()
-    ctx.set_default_timeout(10_000)
-    yield ctx
-    ctx.close()
-
-
 def open_page(context: Any, url: str) -> Any:
     page = context.new_page()
     page.goto(url)
@@ -150,11 +129,12 @@ def settle(page: Any, sites: Sites, channel: str) -> list[list[Any]]:
 # --------------------------------------------------------- the same bytes
 
 
+@both_engines
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_payloads_arrive_byte_identical_on_each_transport(
-    context: Any, sites: Sites, transport: str
+    context: Any, sites: Sites, transport: str, engine: str
 ) -> None:
-    channel = f"exact-{transport}"
+    channel = f"exact-{transport}-{engine}"
     etags = [push(sites, channel, data, key="k", size="20", life="600") for data in EXACT]
     page = open_page(context, sites.page(f"/exact-{transport}", transport=transport))
     page.evaluate(f"listen('{channel}', '0')")
@@ -179,41 +159,46 @@ def test_payloads_arrive_byte_identical_on_each_transport(
 # ------------------------------------------------------- where a page starts
 
 
-def test_pages_and_tabs_start_where_the_tab_left_the_channel(context: Any, sites: Sites) -> None:
-    sent = [push(sites, "story", f"m{i}") for i in range(3)]
+@both_engines
+def test_pages_and_tabs_start_where_the_tab_left_the_channel(
+    context: Any, sites: Sites, engine: str
+) -> None:
+    story = f"story-{engine}"
+    sent = [push(sites, story, f"m{i}") for i in range(3)]
     first = open_page(context, sites.page("/story-1"))
-    first.evaluate("listen('story')")
-    assert got(first, 3) == [["story", f"m{i}", sent[i]] for i in range(3)]
+    first.evaluate(f"listen('{story}')")
+    assert got(first, 3) == [[story, f"m{i}", sent[i]] for i in range(3)]
 
     # the next page of the same tab: nothing again, and what came during the navigation
     first.goto(sites.page("/story-2"))
-    sent.append(push(sites, "story", "m3"))
-    first.evaluate("listen('story')")
-    assert got(first, 1) == [["story", "m3", sent[3]]]
-    sent.append(push(sites, "story", "m4"))
-    assert settle(first, sites, "story") == [["story", f"m{i}", sent[i]] for i in (3, 4)]
+    sent.append(push(sites, story, "m3"))
+    first.evaluate(f"listen('{story}')")
+    assert got(first, 1) == [[story, "m3", sent[3]]]
+    sent.append(push(sites, story, "m4"))
+    assert settle(first, sites, story) == [[story, f"m{i}", sent[i]] for i in (3, 4)]
 
     # a new tab starts from what the channel retains
     second = open_page(context, sites.page("/story-3"))
-    second.evaluate("listen('story')")
-    assert got(second, 6)[:5] == [["story", f"m{i}", sent[i]] for i in range(5)]
+    second.evaluate(f"listen('{story}')")
+    assert got(second, 6)[:5] == [[story, f"m{i}", sent[i]] for i in range(5)]
 
     # false: from now on
     third = open_page(context, sites.page("/story-4"))
-    third.evaluate("listen('story', false)")
-    third.wait_for_function("martd.channels().indexOf('story') >= 0")
-    later = push(sites, "story", "m5")
-    assert settle(third, sites, "story") == [["story", "m5", later]]
+    third.evaluate(f"listen('{story}', false)")
+    third.wait_for_function(f"martd.channels().indexOf('{story}') >= 0")
+    later = push(sites, story, "m5")
+    assert settle(third, sites, story) == [[story, "m5", later]]
 
 
 # ------------------------------------------------------ refused channels
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+# Firefox where the engine's EventSource and WebSocket see the refusal.
+@engines_with("transport", TRANSPORTS, ["sse", "websocket"])
 def test_refused_channels_end_alone_and_are_told(
-    context: Any, sites: Sites, transport: str
+    context: Any, sites: Sites, transport: str, engine: str
 ) -> None:
-    healthy, private, solo = f"ok-{transport}", f"vip.{transport}", f"solo-{transport}"
+    healthy, private, solo = (f"{name}-{transport}-{engine}" for name in ("ok", "vip.x", "solo"))
     push(sites, solo, "held", one2one="true")
     held = httpx.get(f"{sites.url}/sub/{solo}", params={"etag": "0", "cid": "someone-else"})
     assert held.status_code == 200  # that client holds the channel from now on
@@ -236,11 +221,12 @@ def test_refused_channels_end_alone_and_are_told(
 # ---------------------------------------------------------- credentials
 
 
+@both_engines
 @pytest.mark.parametrize("transport", ["sse", "longpoll"])
 def test_credentials_send_the_shared_cookie_across_origins(
-    context: Any, sites: Sites, transport: str
+    context: Any, sites: Sites, transport: str, engine: str
 ) -> None:
-    channel = f"vip.cookie-{transport}"
+    channel = f"vip.cookie-{transport}-{engine}"
     token = mint_token(SECRET, subscribe=["vip.cookie-*"], ttl=60)
     page = open_page(context, sites.page(f"/far-{transport}", other=True, transport=transport))
     # cookies are per host, not per port: the other origin's page sets martd's cookie
@@ -256,17 +242,21 @@ def test_credentials_send_the_shared_cookie_across_origins(
     assert page.evaluate("martd.transport") == transport
 
 
-def test_a_channel_refused_for_another_tab_ends_there_alone(context: Any, sites: Sites) -> None:
+@both_engines
+def test_a_channel_refused_for_another_tab_ends_there_alone(
+    context: Any, sites: Sites, engine: str
+) -> None:
+    ok, vip = f"tabs-ok-{engine}", f"vip.tabs-{engine}"
     leader = open_page(context, sites.page("/tabs-1"))
-    leader.evaluate("listen('tabs-ok', false)")
+    leader.evaluate(f"listen('{ok}', false)")
     leader.wait_for_function("martd.state === 'open'")
     other = open_page(context, sites.page("/tabs-2"))
-    other.evaluate("listen('vip.tabs')")  # no grant: 401, through the leader's connection
+    other.evaluate(f"listen('{vip}')")  # no grant: 401, through the leader's connection
     other.wait_for_function("window.events.length >= 1")
-    assert other.evaluate("window.events") == [["error", "vip.tabs", 401]]
-    leader.wait_for_function("martd.channels().join() === 'tabs-ok' && martd.state === 'open'")
-    etag = push(sites, "tabs-ok", "still here")
-    assert got(leader, 1) == [["tabs-ok", "still here", etag]]
+    assert other.evaluate("window.events") == [["error", vip, 401]]
+    leader.wait_for_function(f"martd.channels().join() === '{ok}' && martd.state === 'open'")
+    etag = push(sites, ok, "still here")
+    assert got(leader, 1) == [[ok, "still here", etag]]
     assert leader.evaluate("window.events") == []
     # the tabs share the leader's one stream (other tests' pages may take a moment to go)
     until(
