@@ -159,6 +159,13 @@ class MemoryBackend:
         if when < channel.due:
             channel.due = when
             heapq.heappush(self._expiry, (when, name))
+            # The entry it replaces stays until its own time (up to the longest
+            # life): rebuild before stale ones outnumber the channels.
+            if len(self._expiry) > 2 * len(self._channels) + 64:
+                self._expiry = [
+                    (c.due, n) for n, c in self._channels.items() if c.due != math.inf
+                ]
+                heapq.heapify(self._expiry)
 
     def _maybe_drop(self, name: str) -> None:
         channel = self._channels.get(name)
