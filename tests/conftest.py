@@ -36,6 +36,7 @@ REDIS_URL = os.environ.get("MARTD_TEST_REDIS_URL", "redis://127.0.0.1:6379/6")
 TIMING = {"test_shutdown.py", "test_slow_consumers.py", "test_rolling_restart.py"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The soak takes minutes of one worker: start it first, so it ends with the rest.
     items.sort(key=lambda item: item.path.name != "test_soak.py")
