@@ -1,4 +1,7 @@
-"""Presence in client.js and on the demo page, in Debian's Chromium (see test_browser)."""
+"""Presence in client.js and on the demo page, in Debian's Chromium (see test_browser).
+
+Chromium only: presence is client.js code over transports test_browser already runs in both
+engines."""
 
 from __future__ import annotations
 
@@ -9,9 +12,7 @@ import pytest
 
 from test_browser import (  # noqa: F401  (fixtures)
     SiteServer,
-    browser,
     connected,
-    context,
     open_page,
     push,
     serve,
@@ -29,14 +30,14 @@ window.told = [];
 
 @pytest.mark.parametrize("transport", ["sse", "websocket"])
 def test_client_tells_joins_and_leaves_and_lists_who_is_here(
-    browser: Any,  # noqa: F811
+    chromium: Any,
     serve: Callable[..., SiteServer],  # noqa: F811
     transport: str,
 ) -> None:
     server = serve(hold=0.3)
     push(server, "room", "", presence="1")
-    first = browser.new_context()
-    second = browser.new_context()
+    first = chromium.new_context()
+    second = chromium.new_context()
     try:
         page = open_page(first, server, transport=transport)
         page.evaluate(WATCH + "listen('room')")
@@ -66,7 +67,7 @@ def test_client_tells_joins_and_leaves_and_lists_who_is_here(
 
 
 def test_client_presence_list_is_refused_without_server_rights(
-    context: Any,  # noqa: F811
+    context: Any,
     serve: Callable[..., SiteServer],  # noqa: F811
 ) -> None:
     server = serve(allow="10.9.9.9")
@@ -80,12 +81,12 @@ def test_client_presence_list_is_refused_without_server_rights(
 
 
 def test_demo_page_shows_who_is_here(
-    browser: Any,  # noqa: F811
+    chromium: Any,
     serve: Callable[..., SiteServer],  # noqa: F811
 ) -> None:
     server = serve(hold=0.3)
-    first = browser.new_context()
-    second = browser.new_context()
+    first = chromium.new_context()
+    second = chromium.new_context()
     try:
         page = first.new_page()
         page.goto(f"{server.url}/demo")

@@ -20,6 +20,7 @@ def test_soak_memory_comes_back_after_mixed_churn() -> None:
     # Looser than the 30-minute target (0.1 MiB/min, 25 MiB): two minutes of a
     # sawtooth between sweeps say little about a slope, but a leak like the one
     # WebSocket churn had (cycles that the tuned collector never freed) fails.
-    command += ["--max-slope", "15", "--max-settle", "12", "--sse", "30", "--longpoll", "15"]
+    command += ["--max-slope", "15", "--max-settle", "12"]
+    command += ["--publishers", "2", "--sse", "20", "--longpoll", "10"]  # WebSocket churn: all 20
     out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=380)
     assert out.returncode == 0, out.stdout + out.stderr
