@@ -19,6 +19,8 @@ from .common import Receive, Request, Send, decode_payload, read_body, send_json
 
 if TYPE_CHECKING:
     from ..application import MartdApp
+    from ..backends.base import PublishResult
+    from ..idempotency import Idempotency
 
 
 async def publish(
@@ -32,6 +34,25 @@ async def publish(
     data = decode_payload(await read_body(receive, request.headers, app.settings.max_payload))
     ttl = app.settings.idempotency_ttl
     idem = idempotency.make(idem_key, data, attrs, event, content_type, ttl)
+    result = await push(
+        app, request, channel, data, attrs, event=event, content_type=content_type, idem=idem
+    )
+    await send_json(send, 201 if result.created else 200, result.answer(data))
+
+
+async def push(
+    app: MartdApp,
+    request: Request,
+    channel: str,
+    data: str,
+    attrs: PushAttributes,
+    *,
+    event: str | None,
+    content_type: str | None,
+    idem: Idempotency | None,
+) -> PublishResult:
+    """One push, from ``POST /pub`` or a WebSocket ``pub`` frame: who may push,
+    the limits, storing and delivering, and the counters."""
     server, attrs = await rights(app, request, channel, attrs)
     if not server and attrs.key is None:
         raise Forbidden(
@@ -54,7 +75,7 @@ async def publish(
     if not result.replayed:
         app.counters["published"] += 1
         app.counters["published_bytes"] += len(data.encode()) if not data.isascii() else len(data)
-    await send_json(send, 201 if result.created else 200, result.answer(data))
+    return result
 
 
 async def rights(

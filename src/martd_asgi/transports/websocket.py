@@ -44,7 +44,7 @@ from ..channels import (
     message_type,
     parse_push_attributes,
 )
-from ..errors import BadRequest, Forbidden, MartdError, PayloadTooLarge, Unavailable
+from ..errors import BadRequest, MartdError, PayloadTooLarge, Unavailable
 from ..subscriber import Subscriber, _uncancel
 from . import publish
 from .common import Receive, Request, Send, Subscription
@@ -157,22 +157,17 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
             idem_key = idempotency.check_key(_text(body["idempotency_key"]))
         ttl = app.settings.idempotency_ttl
         idem = idempotency.make(idem_key, data, attrs, event, content_type, ttl)
-        server, attrs = await publish.rights(app, request, channel, attrs)
-        if not server and attrs.key is None:
-            raise Forbidden("key: not a server; pushing needs the channel's key", field="key")
-        if not server:
-            app.limits.check_push(channel, attrs.key)
         try:
-            with app.limits.key_attempt(request.scope, request.headers, channel, server):
-                result = await app.backend.publish(
-                    channel,
-                    data,
-                    attrs,
-                    server=server,
-                    event=event,
-                    content_type=content_type,
-                    idempotency=idem,
-                )
+            result = await publish.push(
+                app,
+                request,
+                channel,
+                data,
+                attrs,
+                event=event,
+                content_type=content_type,
+                idem=idem,
+            )
         except MartdError:
             raise
         except Exception:
@@ -181,9 +176,6 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
     except MartdError as error:
         app.metrics.refused(error)
         return frame({"type": "error", "id": ident, **error.body(), "status": error.status})
-    if not result.replayed:
-        app.counters["published"] += 1
-        app.counters["published_bytes"] += len(data.encode())
     return frame({"type": "ack", "id": ident, **result.answer(data)})
 
 
