@@ -16,6 +16,11 @@
   buffer is above its high-water mark, the socket is not read: the client's
   pings wait in its own buffers, and the server holds at most one read's worth
   of answers (about the size of the pings it read) above the mark.
+
+``write_frames`` lets martd write its own frames (``martd_asgi.wsframe``) to a
+connection of uvicorn's websockets-sansio protocol (this one or the stock one):
+one ``transport.write`` for the frames of one loop turn, without an ASGI event,
+a frame object and a join per message.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HTTP
@@ -76,3 +82,35 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             if not self.write_full:
                 self.transport.resume_reading()
         return message
+
+
+def frame_protocol(send: Any) -> WebSocketsSansIOProtocol | None:
+    """The connection under ``send`` if martd may write frames to it (``write_frames``).
+
+    Only uvicorn's websockets-sansio protocol (this one or the stock one), reached
+    through a bound ``send`` (not wrapped by middleware), with no extension
+    negotiated.
+    """
+    protocol = getattr(send, "__self__", None)
+    if isinstance(protocol, WebSocketsSansIOProtocol) and not protocol.conn.extensions:
+        return protocol
+    return None
+
+
+def write_frames(protocol: WebSocketsSansIOProtocol, data: bytes) -> bool:
+    """Write ready frames to the connection; False (nothing written) where ``send`` decides.
+
+    That is before the handshake, once a close was sent or received, and while the
+    transport's buffer is above its high-water mark: there ``send`` waits, and the
+    subscriber is parked as with any server.
+    """
+    transport = protocol.transport
+    if (
+        protocol.conn.state is not State.OPEN
+        or protocol.close_sent
+        or not protocol.writable.is_set()
+        or transport.is_closing()
+    ):
+        return False
+    transport.write(data)
+    return True
