@@ -143,6 +143,7 @@ def start_martd(opts: argparse.Namespace, variant: str, logdir: Path) -> Server:
         "martd_asgi.protocols:WebSocketProtocol",
         "--ws-per-message-deflate",
         "false",
+        "--no-proxy-headers",  # martd reads X-Forwarded-For itself (MARTD_TRUSTED_PROXIES)
         "--no-access-log",
         "--workers",
         workers,

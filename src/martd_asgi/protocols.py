@@ -25,6 +25,7 @@ a frame object and a join per message.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -56,12 +57,103 @@ class HTTPProtocol(_HTTP):
         self.parser = None  # type: ignore[assignment]
 
 
+class _Inbox:
+    """The client's messages for ``receive``: the part of ``asyncio.Queue`` uvicorn uses.
+
+    One reader (the ASGI app's ``receive``). An ``asyncio.Queue`` holds four
+    deques (about 2.5 KB) for every idle connection; this holds a list.
+    """
+
+    __slots__ = ("items", "loop", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.items: list[Any] = []
+        self.loop = loop
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self.items
+
+    def qsize(self) -> int:
+        return len(self.items)
+
+    async def get(self) -> Any:
+        while not self.items:
+            waiter = self.waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+        return self.items.pop(0)
+
+
+class _Flag:
+    """The part of ``asyncio.Event`` uvicorn uses for "the transport takes writes",
+    without a deque of waiters for every connection (there is rarely one)."""
+
+    __slots__ = ("loop", "value", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.value = True
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self.value
+
+    def set(self) -> None:
+        self.value = True
+        waiters, self.waiters = self.waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self.value = False
+
+    async def wait(self) -> bool:
+        if self.value:
+            return True
+        waiter = self.loop.create_future()
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self.waiters is not None and waiter in self.waiters:
+                self.waiters.remove(waiter)
+        return True
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol; reads pause while writes cannot keep up."""
+    """uvicorn's websockets-sansio protocol; reads pause while writes cannot keep up.
+
+    An idle connection holds less: a list for the client's messages instead of
+    an ``asyncio.Queue``, a flag instead of an ``asyncio.Event``, and neither
+    the handshake's request nor its response once the connection is open.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.write_full = False
+        self.queue = _Inbox(self.loop)  # type: ignore[assignment]
+        self.writable = _Flag(self.loop)  # type: ignore[assignment]
+
+    def start_keepalive(self) -> None:
+        # uvicorn calls this right after it wrote the handshake's response
+        super().start_keepalive()
+        # websockets' parser keeps the request for the connection's life: its headers
+        # at least can go (the ASGI scope has its own copy).
+        self.request.headers.clear()
+        self.request = self.response = None  # type: ignore[assignment]
+        self.conn.id = None  # type: ignore[assignment]  # a UUID, for websockets' logs only
 
     def pause_writing(self) -> None:
         super().pause_writing()

@@ -309,4 +309,5 @@ async def serve(
             return
         sub, found = started
         await begin(sub, found, send)
+        request.forget()  # parsed again, on demand, for a pub frame
         await listen(app, request, sub, receive)
