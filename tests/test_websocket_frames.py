@@ -17,13 +17,16 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import Frame, Opcode
 
-from conftest import ServerThread
+from conftest import ServerThread, running
+from martd_asgi import create_app
+from martd_asgi.protocols import HTTP, WEBSOCKET
 from martd_asgi.wsframe import BINARY, frame
 from opshelpers import metric, uvicorn_process
 
@@ -148,3 +151,101 @@ async def test_websocket_subscriber_that_stops_reading_is_cut_and_others_keep_pa
                 sock.close()
     assert "Traceback" not in server.output()
 
+
+
+def exchange(port: int, request: bytes, frames: bytes = b"", want: bytes = b"\r\n\r\n") -> bytes:
+    """Send a handshake, then (once answered) frames; read until ``want``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        got = b""
+        if frames:
+            while b"\r\n\r\n" not in got:
+                got += sock.recv(65536)
+            sock.sendall(frames)
+        while want not in got:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def masked(text: bytes) -> bytes:
+    """A client's text frame (masked, as clients must)."""
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    return bytes((0x81, 0x80 | len(text))) + mask + body
+
+
+async def test_websocket_handshakes_under_martd_serve_protocols() -> None:
+    """martd's protocol answers a plain handshake from what httptools parsed; every other
+    goes through websockets as before. Both behave the same to a client."""
+    with uvicorn_process({}, *MARTD_SERVE) as server:
+        port = server.port
+        url = server.url.replace("http://", "ws://")
+        # a client offering compression (declined) and one offering a subprotocol
+        async with (
+            connect(url + "/sub/hs") as offered,
+            connect(url + "/sub/hs", compression=None, subprotocols=["chat"]) as plain,  # type: ignore[list-item]
+            httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+        ):
+            assert offered.response.headers.get("Sec-WebSocket-Extensions") is None
+            assert plain.subprotocol is None
+            await asyncio.sleep(0.1)
+            assert (await client.post("/pub/hs", content=b"hello")).status_code in (200, 201)
+            for ws in (offered, plain):
+                assert await messages(ws, 1) == ["hello"]
+        # refused before the upgrade: the JSON status, as with any server
+        answer = await asyncio.to_thread(exchange, port, upgrade(port, "/sub/martd"), b"", b"}")
+        assert answer.startswith(b"HTTP/1.1 400")
+        assert b"reserved" in answer
+        # a key that is not 16 bytes of base64: websockets refuses it, as before
+        bad = upgrade(port, "/sub/hs").replace(b"Sec-WebSocket-Key: ", b"Sec-WebSocket-Key: x")
+        answer = await asyncio.to_thread(exchange, port, bad)
+        assert answer.startswith(b"HTTP/1.1 400")
+        # a frame once the server accepted
+        answer = await asyncio.to_thread(
+            exchange, port, upgrade(port, "/sub/hs"), masked(b'{"type":"ping"}'), b"pong"
+        )
+        assert answer.startswith(b"HTTP/1.1 101")
+        assert b"Sec-WebSocket-Accept: " in answer
+        assert answer.endswith(b'{"type":"pong"}')
+    assert "Traceback" not in server.output()
+
+
+async def test_websocket_frame_sent_before_the_server_accepted_is_answered_after() -> None:
+    """A client may send a frame before the 101 reaches it: it waits for the accept."""
+
+    async def slow_hook(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive())["type"] != "http.request":
+            pass
+        await asyncio.sleep(0.5)  # the subscription waits for the site's answer
+        body = json.dumps({"user": "u", "subscribe": ["room.*"]}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    with running(slow_hook, lifespan="off") as hook:
+        settings = {"backend": "memory", "private": "room.*", "auth_url": hook.url + "/auth"}
+        protocols = {"http": HTTP, "ws": WEBSOCKET, "ws_per_message_deflate": False}
+        with running(create_app(**settings), **protocols) as server:
+            port = server.port
+            request = upgrade(port, "/sub/room.1").replace(
+                b"\r\n\r\n", b"\r\nCookie: session=1\r\n\r\n"
+            )
+
+            def early() -> bytes:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(request)
+                    time.sleep(0.1)  # apart from the request, well before the hook answers
+                    sock.sendall(masked(b'{"type":"ping"}'))
+                    got = b""
+                    while b"pong" not in got:
+                        chunk = sock.recv(65536)
+                        assert chunk, got
+                        got += chunk
+                    return got
+
+            answer = await asyncio.to_thread(early)
+            assert answer.startswith(b"HTTP/1.1 101")
+            assert answer.endswith(b'{"type":"pong"}')

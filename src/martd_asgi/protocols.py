@@ -26,10 +26,16 @@ a frame object and a join per message.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import logging
 from typing import Any
+from urllib.parse import unquote
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
+from websockets.utils import accept_key
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HTTP
@@ -49,7 +55,25 @@ class HTTPProtocol(_HTTP):
         super().on_header(name, value)
 
     def handle_websocket_upgrade(self) -> None:
-        super().handle_websocket_upgrade()
+        ws = self.ws_protocol_class
+        if not (
+            isinstance(ws, type) and issubclass(ws, WebSocketProtocol) and hasattr(self, "url")
+        ):
+            super().handle_websocket_upgrade()
+        else:  # as uvicorn does, but the handshake read from what httptools parsed
+            self.connections.discard(self)
+            protocol = ws(
+                config=self.config, server_state=self.server_state, app_state=self.app_state
+            )
+            protocol.connection_made(self.transport)
+            self.transport.set_protocol(protocol)
+            method, headers = self.scope["method"], list(self.scope["headers"])
+            if not protocol.upgrade(method, self.url, headers):
+                head = [method.encode(), b" ", self.url, b" HTTP/1.1\r\n"]
+                for name, value in headers:
+                    head += [name, b": ", value, b"\r\n"]
+                head.append(b"\r\n")
+                protocol.data_received(b"".join(head))
         # The WebSocket protocol owns the connection now, so this one never hears
         # connection_lost, which is where it lets go of its parser; the parser holds
         # it in turn, and the pair (with the transport and socket) would wait for a
@@ -145,15 +169,109 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.write_full = False
         self.queue = _Inbox(self.loop)  # type: ignore[assignment]
         self.writable = _Flag(self.loop)  # type: ignore[assignment]
+        self.accept_key: bytes | None = None  # a quick handshake, until accepted
+        self.early: list[bytes] | None = None  # what came before the accept, then
 
     def start_keepalive(self) -> None:
         # uvicorn calls this right after it wrote the handshake's response
         super().start_keepalive()
-        # websockets' parser keeps the request for the connection's life: its headers
-        # at least can go (the ASGI scope has its own copy).
-        self.request.headers.clear()
-        self.request = self.response = None  # type: ignore[assignment]
+        request = getattr(self, "request", None)
+        if request is not None:
+            # websockets' parser keeps the request for the connection's life: its
+            # headers at least can go (the ASGI scope has its own copy).
+            request.headers.clear()
+            self.request = self.response = None  # type: ignore[assignment]
         self.conn.id = None  # type: ignore[assignment]  # a UUID, for websockets' logs only
+
+    # -- the quick handshake
+
+    def upgrade(self, method: str, url: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Start from the request httptools parsed (``HTTPProtocol``); False: not here.
+
+        uvicorn writes the request out again for websockets to parse, and then has
+        websockets build the response as objects. For a plain handshake (no
+        extension to negotiate, nothing websockets would refuse) the key is checked
+        and the response written here; anything else goes the usual way.
+        """
+        key = _handshake_key(method, url, headers, self.config.ws_per_message_deflate)
+        if key is None:
+            return False
+        self.handshake_initiated = True
+        self.accept_key = accept_key(key).encode()
+        self.early = []
+        raw_path, _, query_string = url.partition(b"?")
+        subprotocols: list[str] = []
+        for name, value in headers:
+            if name == b"sec-websocket-protocol":
+                subprotocols += [token.strip() for token in value.decode("latin-1").split(",")]
+        root_path = self.root_path
+        self.scope = {  # what uvicorn's handle_connect makes
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": root_path,
+            "path": root_path + unquote(raw_path.decode("ascii")),
+            "raw_path": root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": headers,
+            "subprotocols": subprotocols,
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self.early is not None:  # a quick handshake the app has not answered yet
+            self.early.append(data)
+            self.transport.pause_reading()
+            return
+        super().data_received(data)
+
+    async def send(self, message: Any) -> None:
+        if self.accept_key is not None:
+            if message["type"] == "websocket.accept":
+                await self.writable.wait()
+                if self.disconnected:
+                    raise ClientDisconnected()
+                self._accept(message)
+                return
+            self.accept_key = self.early = None  # refused: uvicorn answers
+        await super().send(message)
+
+    def _accept(self, message: Any) -> None:
+        key, early = self.accept_key, self.early
+        self.accept_key = self.early = None
+        if self.logger.isEnabledFor(logging.INFO):
+            client, path = self.scope.get("client"), self.scope["path"]
+            where = f"{client[0]}:{client[1]}" if client else ""
+            self.logger.info('%s - "WebSocket %s" [accepted]', where, path)
+        head = [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"]
+        head.append(b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n" % key)
+        for name, value in (*self.default_headers, *message.get("headers", ())):
+            head += [name, b": ", value, b"\r\n"]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            head.append(b"Sec-WebSocket-Protocol: %s\r\n" % subprotocol.encode())
+        head.append(b"\r\n")
+        if self.transport.is_closing():
+            return
+        self.handshake_complete = True
+        conn = self.conn
+        conn.state = State.OPEN
+        conn.parser = Protocol.parse(conn)  # frames from here on
+        next(conn.parser)
+        self.transport.write(b"".join(head))
+        self.start_keepalive()
+        if early:
+            self.transport.resume_reading()
+            self.data_received(b"".join(early))
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -206,3 +324,47 @@ def write_frames(protocol: WebSocketsSansIOProtocol, data: bytes) -> bool:
         return False
     transport.write(data)
     return True
+
+
+def _one(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of a header given once; None if absent or given twice."""
+    found = None
+    for key, value in headers:
+        if key == name:
+            if found is not None:
+                return None
+            found = value
+    return found
+
+
+def _handshake_key(
+    method: str, url: bytes, headers: list[tuple[bytes, bytes]], deflate: bool
+) -> str | None:
+    """The client's key if websockets would accept this handshake with no extension."""
+    if method != "GET" or not url.isascii():
+        return None
+    connection: list[bytes] = []
+    upgrade: list[bytes] = []
+    origins = 0
+    for name, value in headers:
+        if name == b"connection":
+            connection += [token.strip().lower() for token in value.split(b",")]
+        elif name == b"upgrade":
+            upgrade += [token.strip().lower() for token in value.split(b",")]
+        elif name == b"sec-websocket-extensions" and deflate:
+            return None  # to negotiate: websockets does it
+        elif name == b"origin":
+            origins += 1
+    if b"upgrade" not in connection or upgrade != [b"websocket"] or origins > 1:
+        return None
+    if _one(headers, b"sec-websocket-version") != b"13":
+        return None
+    key = _one(headers, b"sec-websocket-key")
+    if key is None:
+        return None
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except binascii.Error:
+        return None
+    return key.decode("ascii")
