@@ -28,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -40,8 +42,12 @@ from websockets.utils import accept_key
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HTTP
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as _Cycle
 except ImportError:  # no httptools: h11 never reads trailers as headers
     from uvicorn.protocols.http.h11_impl import H11Protocol as _HTTP  # type: ignore[assignment]
+    from uvicorn.protocols.http.h11_impl import (  # type: ignore[assignment]
+        RequestResponseCycle as _Cycle,
+    )
 
 HTTP = "martd_asgi.protocols:HTTPProtocol"
 WEBSOCKET = "martd_asgi.protocols:WebSocketProtocol"
@@ -405,3 +411,40 @@ def _handshake_key(
     except binascii.Error:
         return None
     return key.decode("ascii")
+
+
+class _Held:
+    """A transport whose writes wait, joined, until ``joined_writes`` ends."""
+
+    __slots__ = ("chunks", "transport")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+@contextlib.contextmanager
+def joined_writes(send: Any) -> Iterator[None]:
+    """The response events sent meanwhile leave in one write (uvicorn's HTTP ``send``).
+
+    uvicorn writes a response's head as soon as it is sent: an event stream's head
+    and its first lines would cost two system calls. Elsewhere this does nothing.
+    """
+    cycle = getattr(send, "__self__", None)
+    if not isinstance(cycle, _Cycle):
+        yield
+        return
+    transport = cycle.transport
+    held = cycle.transport = _Held(transport)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        cycle.transport = transport
+        if held.chunks and not transport.is_closing():
+            transport.write(b"".join(held.chunks))
