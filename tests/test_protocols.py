@@ -53,10 +53,26 @@ async def test_http_under_martd_serve_protocols() -> None:
 
         answers = (await asyncio.to_thread(pipelined)).split(b"HTTP/1.1 ")[1:]
         assert [a[:3] for a in answers] == [b"200", b"201", b"200"]
+
+        def closing(request: bytes) -> bytes:  # the whole answer, then the end
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request)
+                return read_until(sock, b"\0", 1)
+
+        for request in (
+            b"POST /pub/pipe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Accept: application/json\r\nContent-Length: 3\r\n\r\nbye",
+            b"GET /sub/pipe?etag=0 HTTP/1.0\r\n\r\n",
+        ):
+            answer = await asyncio.to_thread(closing, request)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.split(b" ")[1] in (b"200", b"201"), answer
+            assert json.loads(body)
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             stored = await client.get("/sub/pipe", params={"etag": "0"})
             assert [m["data"] for m in stored.json()["channels"]["pipe"]["messages"]] == [
-                "hello world"
+                "hello world",
+                "bye",
             ]
             etag = stored.json()["channels"]["pipe"]["etag"]
 

@@ -425,6 +425,12 @@ class _Held:
     def write(self, data: bytes) -> None:
         self.chunks.append(data)
 
+    def close(self) -> None:  # the end of a response not kept alive: what it held first
+        if self.chunks:
+            self.transport.write(b"".join(self.chunks))
+            self.chunks.clear()
+        self.transport.close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.transport, name)
 
@@ -433,8 +439,9 @@ class _Held:
 def joined_writes(send: Any) -> Iterator[None]:
     """The response events sent meanwhile leave in one write (uvicorn's HTTP ``send``).
 
-    uvicorn writes a response's head as soon as it is sent: an event stream's head
-    and its first lines would cost two system calls. Elsewhere this does nothing.
+    uvicorn writes a response's head as soon as it is sent: a JSON answer, a
+    long-poll's answer, an event stream's head and first lines would each cost
+    two system calls. Elsewhere this does nothing.
     """
     cycle = getattr(send, "__self__", None)
     if not isinstance(cycle, _Cycle):
