@@ -23,11 +23,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from conftest import ServerThread, free_socket, running, sse, wait_for
 from martd_asgi import create_app
 from martd_asgi.application import MartdApp
 from martd_asgi.authhook import MAX_TTL, parse_answer
 from martd_asgi.tokens import mint_token
+
+from .helpers import ServerThread, free_socket, running, sse, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -531,7 +532,7 @@ async def test_authhook_credentials_never_in_logs_metrics_or_answers(
 async def test_authhook_in_martd_serve_the_upstream_site_is_the_hook(
     site: tuple[Site, ServerThread], tmp_path: Any
 ) -> None:
-    from serving import martd_serve
+    from .serving import martd_serve
 
     hook, upstream = site
     env = {"MARTD_AUTH_URL": "/auth", "MARTD_PRIVATE": "user:*", "MARTD_ALLOW": ELSEWHERE}
@@ -545,7 +546,7 @@ async def test_authhook_in_martd_serve_the_upstream_site_is_the_hook(
 
 
 def test_authhook_path_without_upstream_is_refused_by_martd_serve(tmp_path: Any) -> None:
-    from serving import run_martd
+    from .serving import run_martd
 
     done = run_martd("serve", "--port", "1", MARTD_AUTH_URL="/auth")
     assert done.returncode == 2
@@ -563,7 +564,7 @@ def test_authhook_path_without_upstream_is_refused_by_martd_serve(tmp_path: Any)
 async def test_authhook_behind_nginx_gets_the_browsers_cookie(
     site: tuple[Site, ServerThread], tmp_path: Any
 ) -> None:
-    from test_nginx import nginx_in_front
+    from .test_nginx import nginx_in_front
 
     hook, upstream = site
     app = create_app(

@@ -15,10 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ServerThread, mounted_app, redis_url, running
 from martd_asgi import create_app
 from martd_asgi.devcert import dev_certificate
-from serving import Served, ca_context, free_port, martd_process, martd_serve, run_martd
+
+from .helpers import ServerThread, mounted_app, redis_url, running
+from .serving import Served, ca_context, free_port, martd_process, martd_serve, run_martd
 
 
 @pytest.fixture(scope="module")

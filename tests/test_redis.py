@@ -16,12 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import free_socket, redis_url, sse, wait_for
 from martd_asgi.backends.base import Control, Event
 from martd_asgi.backends.redis import RedisBackend
 from martd_asgi.channels import Message, PushAttributes, etag_key
 from martd_asgi.errors import Conflict, Unavailable
-from redis_servers import redis_servers
+
+from .helpers import free_socket, redis_url, sse, wait_for
+from .redis_servers import redis_servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

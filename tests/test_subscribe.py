@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import SSE, ServerThread, sse
+from .helpers import SSE, ServerThread, sse
 
 pytestmark = pytest.mark.anyio
 
