@@ -15,6 +15,13 @@
 
 The HTTP layer turns any of them into ``{"error": message, ...extra}`` with
 the status, in one place (``transports/common.py``).
+
+Starting a server (``martd_asgi.serve``) has errors of its own, not HTTP answers;
+``martd serve`` turns them into one line on stderr:
+
+    ServeError
+     ├── SettingError      a setting martd cannot serve with; ``option`` names it
+     └── StartError        the port is taken, no certificate, uvicorn did not start
 """
 
 from __future__ import annotations
@@ -88,3 +95,32 @@ class TooManyRequests(MartdError):
 
 class Unavailable(MartdError):
     status = 503
+
+
+class ServeError(Exception):
+    """martd cannot serve as asked; the message says why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SettingError(ServeError, ValueError):
+    """A setting martd cannot serve with.
+
+    ``option`` is the ``serve()`` keyword at fault (``"port"``, ``"upstream"``), or
+    None when the fault is in a combination of settings or in a ``MARTD_*`` variable.
+    """
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+class StartError(ServeError, RuntimeError):
+    """martd could not start: the address is in use, the certificate cannot be made,
+    or uvicorn stopped before it served (``logged``: uvicorn's log said why already)."""
+
+    def __init__(self, message: str, logged: bool = False) -> None:
+        super().__init__(message)
+        self.logged = logged
