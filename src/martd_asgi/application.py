@@ -170,8 +170,8 @@ class MartdApp:
         """Push as a server, in process; returns the new etag.
 
         The push takes the path of ``POST /pub`` by a server (``transports/publish.py``):
-        the same checks and errors (``errors.py``), the same ``MARTD_MAX_PAYLOAD``,
-        the same counters.
+        the same checks and errors (``martd_asgi.BadRequest`` and the rest of
+        ``errors.py``), the same ``MARTD_MAX_PAYLOAD``, the same counters.
 
         An attribute left out gets its namespace's default, else the global one
         (``size=10``, ``life=3600``, ``one2one=False``). ``event`` names the
@@ -372,7 +372,7 @@ def _method_not_allowed(allowed: str) -> MartdError:
 
 async def _deny_websocket(scope: Scope, send: Send, error: MartdError) -> None:
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = json_bytes(error.body())
+        body = json_bytes(error.as_json())
         await send(
             {
                 "type": "websocket.http.response.start",

@@ -175,7 +175,7 @@ async def push(app: App, request: Request, body: dict[str, Any]) -> dict[str, An
             raise Unavailable("backend: the push could not be stored; try again") from None
     except MartdError as error:
         app.metrics.refused(error)
-        return frame({"type": "error", "id": ident, **error.body(), "status": error.status})
+        return frame({"type": "error", "id": ident, **error.as_json(), "status": error.status})
     return frame({"type": "ack", "id": ident, **result.answer(data)})
 
 
@@ -227,7 +227,7 @@ async def listen(app: App, request: Request, sub: WebSocketSubscriber, receive: 
             if problem is not None:
                 ident = body.get("id") if _unsendable(body.get("id")) is None else None
                 error = BadRequest(problem)
-                sub.reply(frame({"type": "error", "id": ident, **error.body(), "status": 400}))
+                sub.reply(frame({"type": "error", "id": ident, **error.as_json(), "status": 400}))
                 continue
             what = body.get("type")
             if what == "pub":
@@ -237,7 +237,7 @@ async def listen(app: App, request: Request, sub: WebSocketSubscriber, receive: 
             else:
                 error = BadRequest("type: a client frame is pub or ping")
                 sub.reply(
-                    frame({"type": "error", "id": body.get("id"), **error.body(), "status": 400})
+                    frame({"type": "error", "id": body.get("id"), **error.as_json(), "status": 400})
                 )
     except asyncio.CancelledError:
         if not sub.closed or sub.handler is not None:
