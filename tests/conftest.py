@@ -97,3 +97,14 @@ def server(make_server: Callable[..., ServerThread]) -> ServerThread:
 async def client(server: ServerThread) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
         yield c
+
+
+@pytest.fixture
+async def asgi_client() -> AsyncIterator[httpx.AsyncClient]:
+    """martd in process, through httpx's ASGITransport: for answers that only parse the
+    request (a refusal of bad input), where a real server and backend add nothing."""
+    martd = create_app(backend="memory")
+    async with martd.lifespan():
+        transport = httpx.ASGITransport(app=martd)
+        async with httpx.AsyncClient(transport=transport, base_url="http://martd") as c:
+            yield c
