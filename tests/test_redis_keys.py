@@ -23,7 +23,7 @@ from martd_asgi.channels import Message, PushAttributes, etag_key
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-SCRIPTS = ("PUBLISH", "INFO", "HISTORY", "DELETE", "ATTACH", "DETACH", "REFRESH")
+SCRIPTS = ("PUBLISH", "INFO", "HISTORY", "DELETE", "SYNC", "REFRESH")
 TIME = "  local t = redis.call('TIME')\n  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
 
