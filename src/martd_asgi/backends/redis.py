@@ -353,7 +353,18 @@ class RedisBackend:
         self.published += 1
         key = etag_key(etag)
         if data and key is not None:
-            await self._fanout.delivered(channel, key, self._publish_wait)
+            before = etag_key(reply[5]) if reply[5] else None
+            if before is not None and self._fanout.seen.get(channel) == before:
+                # Every earlier message was handed over here: this one goes to the
+                # local subscribers now, not a pub/sub round trip later (its
+                # notification, when it comes, is a repeat and skipped).
+                expires = int(reply[6]) / 1000
+                msg = Message(
+                    channel, key, data, expires, event=event or None, type=content_type or None
+                )
+                self._fanout.hand(msg)
+            else:
+                await self._fanout.delivered(channel, key, self._publish_wait)
         return PublishResult(
             channel=channel,
             etag=etag,

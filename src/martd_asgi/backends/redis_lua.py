@@ -213,7 +213,8 @@ end
 #   given_size given_life given_one2one lease_ms presence given_presence
 #   event type idem_key idem_fingerprint idem_ttl_ms idem_cap
 # (i ix and the six v1.1 arguments are read from the ends of KEYS and ARGV.)
-# -> {'ok', etag, subscribers, messages, created}  or  {'err', reason}
+# -> {'ok', etag, subscribers, messages, created, before, expiry}  or  {'err', reason}
+#    (before: the channel's previous id when the push notified nothing but its message)
 #    or {'replay', etag, subscribers, messages, created} (the answer to an earlier push)
 PUBLISH = r"""
 local h, s, clock, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -275,7 +276,8 @@ if not server then presence = (had_presence and '1') or '0' end
 -- one2one comes on: on an existing channel, or on one created while clients wait on it
 local switched_on = one2one == '1' and ((exists and cur[3] ~= '1') or (not exists and subs > 0))
 
-local id = next_id(clock, now, exists and redis.call('HGET', h, 'last'))
+local prev = exists and redis.call('HGET', h, 'last')
+local id = next_id(clock, now, prev)
 local x = now + tonumber(life) * 1000
 if ev == '' and ty == '' then
   redis.call('XADD', s, id, 'x', fmt(x), 'd', data)
@@ -353,7 +355,11 @@ if ikey ~= '' then
   redis.call('PEXPIRE', ik, ittl)
   redis.call('PEXPIRE', ix, ittl)
 end
-return {'ok', id, subs, len, created}
+-- The id before this push, when nothing but its message was notified: the
+-- publishing process, having handed that one over, may hand this one at once.
+local before = ''
+if prev and not switched_on and (presence == '1') == had_presence then before = prev end
+return {'ok', id, subs, len, created, before, fmt(x)}
 """
 
 # KEYS h s n -> false | {size, life, one2one, has_key, last, messages, subscribers, presence}
