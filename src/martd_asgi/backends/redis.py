@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import secrets
 import time
@@ -138,7 +139,7 @@ class RedisBackend:
         self._client, self._prefix, self._others = connect(url, options)
         from redis.asyncio.cluster import RedisCluster
 
-        cluster = isinstance(self._client, RedisCluster)
+        cluster = self._cluster = isinstance(self._client, RedisCluster)
         self._names = KeyNames(self._prefix, cluster=cluster)
         self._fanout = Fanout(self._client, self._keys, self._names.events, sharded=cluster)
         self._fanout.gone_key = self._names.gone
@@ -201,7 +202,9 @@ class RedisBackend:
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await script(keys=keys, args=args)
+            if self._cluster:
+                return await script(keys=keys, args=args)
+            return await self._evalsha(script, keys, args)
         except DOWN as exc:
             raise Unavailable("backend: Redis cannot be reached; try again", retry_after=1) from exc
         except rexc.ResponseError as exc:
@@ -210,6 +213,32 @@ class RedisBackend:
             raise Unavailable(
                 "backend: Redis refused the operation; try again", retry_after=1
             ) from exc
+
+    async def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """A script on a pooled connection of a single Redis (or Sentinel's master):
+        the command packed here, sent and answered on the connection, without
+        the client's layers around each command (a third of a push's CPU)."""
+        packed = _pack("EVALSHA", script.sha, len(keys), *keys, *args)
+        pool = self._client.connection_pool
+        for attempt in (1, 2):
+            conn = await pool.get_connection(*_NAMED)
+            try:
+                await conn.send_packed_command(packed)
+                return await conn.read_response()
+            except rexc.NoScriptError:
+                # Not run: Redis restarted (or its scripts were flushed). Load it, again.
+                if attempt == 2:
+                    raise
+            except rexc.ResponseError:
+                raise
+            except BaseException:
+                # A reply may still be on its way: the connection cannot be reused.
+                await conn.disconnect()
+                raise
+            finally:
+                await pool.release(conn)
+            await self._client.script_load(script.script)
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -599,6 +628,25 @@ def _history_arg(after: str | None) -> str:
     key = None if after == "0" else etag_key(after)
     ours = key is not None and key[0] < ID_LIMIT and key[1] < ID_LIMIT
     return format_etag(key) if ours and key else "0"
+
+
+def _named() -> tuple[str, ...]:
+    """What a connection pool's get_connection() needs: redis-py before 5.3 a command's
+    name (any), since then nothing (and a name is deprecated)."""
+    param = inspect.signature(aioredis.ConnectionPool.get_connection).parameters.get("command_name")
+    return ("EVALSHA",) if param is not None and param.default is param.empty else ()
+
+
+_NAMED = _named()
+
+
+def _pack(*args: Any) -> bytes:
+    """A command in RESP, as redis-py's encoder makes it (str as UTF-8, int as text)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def _arg(value: Any) -> str:
