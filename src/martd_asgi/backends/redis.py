@@ -175,7 +175,7 @@ class RedisBackend:
         # Subscribers of a channel coming and going together: one script each way
         # (attach and detach: this process's count and the clients' holds; history).
         self._changes: Gather[tuple[str, bool], tuple[bool, str, str]] = Gather(self._write)
-        self._reads: Gather[str, History] = Gather(self._read_histories)
+        self._reads: Gather[str | None, History] = Gather(self._read_histories)
         self._tasks: list[asyncio.Task[None]] = []
         self._counted: tuple[float, int, int] = (-COUNT_EVERY, 0, 0)
         self.published = 0
@@ -430,17 +430,16 @@ class RedisBackend:
     # ------------------------------------------------------------- subscribers
 
     async def history(self, channel: str, after: str | None) -> History:
-        return await self._reads.call(channel, "\0" if after is None else after)
+        return await self._reads.call(channel, after)
 
-    async def _read_histories(self, channel: str, afters: list[str]) -> list[History]:
+    async def _read_histories(self, channel: str, afters: list[str | None]) -> list[History]:
         """One script for the history reads of a channel that came together."""
         distinct = list(dict.fromkeys(afters))
-        given = [None if a == "\0" else a for a in distinct]
-        args = [_history_arg(a) for a in given]
+        args = [_history_arg(a) for a in distinct]
         reply = await self._call(self._history, self._keys_hsn(channel), args)
         found = {
-            a: self._history_of(channel, g, None if reply is None else reply[i])
-            for i, (a, g) in enumerate(zip(distinct, given, strict=True))
+            a: self._history_of(channel, a, None if reply is None else reply[i])
+            for i, a in enumerate(distinct)
         }
         return [found[a] for a in afters]
 
