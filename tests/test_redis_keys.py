@@ -24,7 +24,7 @@ from .helpers import redis_url, running, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-SCRIPTS = ("PUBLISH", "INFO", "HISTORY", "DELETE", "ATTACH", "DETACH", "REFRESH")
+SCRIPTS = ("PUBLISH", "INFO", "HISTORY", "DELETE", "SYNC", "REFRESH")
 TIME = "  local t = redis.call('TIME')\n  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
 
