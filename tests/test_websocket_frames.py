@@ -24,11 +24,12 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import Frame, Opcode
 
-from conftest import ServerThread, running
 from martd_asgi import create_app
 from martd_asgi.protocols import HTTP, WEBSOCKET
 from martd_asgi.wsframe import BINARY, frame
-from opshelpers import metric, uvicorn_process
+
+from .helpers import ServerThread, running
+from .opshelpers import metric, uvicorn_process
 
 pytestmark = pytest.mark.anyio
 
