@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import functools
 import json
 import os
 import platform
@@ -64,6 +65,7 @@ HOST = "127.0.0.1"
 SEQ = re.compile(rb"m(\d+);")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BATCH = 250  # connections opened at once
+KEEPALIVE = 2.0  # s a pushing connection may sit idle before it is replaced
 
 
 # -- processes ------------------------------------------------------------------------
@@ -356,6 +358,10 @@ class Subscriber(asyncio.Protocol):
         tally.changed()
 
 
+def ready(tally: Tally, target: int) -> bool:
+    return tally.ready >= target
+
+
 async def subscribe(tally: Tally, port: int, channels: list[str]) -> list[Subscriber]:
     """One SSE subscriber per entry of channels (a name may repeat), all streaming."""
     loop = asyncio.get_running_loop()
@@ -364,10 +370,13 @@ async def subscribe(tally: Tally, port: int, channels: list[str]) -> list[Subscr
         batch = channels[first : first + BATCH]
         target = tally.ready + len(batch)
         made = await asyncio.gather(
-            *(loop.create_connection(lambda c=c: Subscriber(tally, c), HOST, port) for c in batch)
+            *(
+                loop.create_connection(functools.partial(Subscriber, tally, c), HOST, port)
+                for c in batch
+            )
         )
         subs += [protocol for _, protocol in made]
-        await tally.until(lambda: tally.ready >= target, 30, "subscribers to connect")
+        await tally.until(functools.partial(ready, tally, target), 30, "subscribers to connect")
     return subs
 
 
@@ -393,12 +402,20 @@ class Pusher:
         self.errors: list[str] = []
         self.sent_bytes = 0
         self.answer_bytes = 0
-        self._idle: dict[int, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self.failed: set[int] = set()  # sequence numbers of the pushes refused
+        self._idle: dict[int, list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]]] = {}
+
+    async def _connection(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        pool = self._idle.setdefault(port, [])
+        while pool:
+            reader, writer, since = pool.pop()
+            if time.monotonic() - since < KEEPALIVE:
+                return reader, writer
+            writer.close()  # the server may be closing it (uvicorn: after 5 s idle)
+        return await asyncio.open_connection(HOST, port)
 
     async def push(self, port: int, channel: str, seq: int) -> bool:
-        pool = self._idle.setdefault(port, [])
-        conn = pool.pop() if pool else await asyncio.open_connection(HOST, port)
-        reader, writer = conn
+        reader, writer = await self._connection(port)
         body = payload(seq, self.size)
         request = b"POST /pub/%s%s HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n" % (
             channel.encode(),
@@ -416,12 +433,14 @@ class Pusher:
             answer = await reader.readexactly(length)
         except (OSError, asyncio.IncompleteReadError) as exc:
             self.refused += 1
+            self.failed.add(seq)
             self.errors.append(f"push {seq}: {exc!r}")
             writer.close()
             return False
         self.answer_bytes += len(head) + length
-        pool.append(conn)
+        self._idle[port].append((reader, writer, time.monotonic()))
         if head[9:12] not in (b"200", b"201"):
+            self.failed.add(seq)
             self.refused += 1
             self.errors.append(f"push {seq}: {head[:12]!r} {answer[:200]!r}")
             return False
@@ -429,7 +448,7 @@ class Pusher:
 
     async def close(self) -> None:
         for pool in self._idle.values():
-            for _, writer in pool:
+            for _, writer, _ in pool:
                 writer.close()
         self._idle.clear()
 
@@ -506,7 +525,7 @@ async def run_costs(args: argparse.Namespace, c: Cluster) -> dict[str, Any]:
         return out
 
     async def pushes(channels: list[str], rounds: int, expect_each: int) -> dict[str, float]:
-        """Push rounds × channels messages through P; wait for every delivery."""
+        """Push rounds x channels messages through P; wait for every delivery."""
         work = jobs(channels, rounds)
         target = tally.delivered + len(work) * expect_each
         before = meter.read()
@@ -529,6 +548,10 @@ async def run_costs(args: argparse.Namespace, c: Cluster) -> dict[str, Any]:
         return int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
 
     n = args.connections
+    # idle: what the processes and Redis spend doing nothing (a base rate, not per operation)
+    before = meter.read()
+    await asyncio.sleep(args.idle)
+    idle = Meter.delta(before, meter.read())
     lap("start")
     # connect: one subscriber per channel, on S1
     own = [f"c{i}" for i in range(n)]
@@ -612,7 +635,7 @@ async def run_costs(args: argparse.Namespace, c: Cluster) -> dict[str, Any]:
     # Redis per push with 0 (store), 1 (fanout) and 2 (notify) processes subscribed:
     # the slope of the least-squares line is the cost of one notification sent.
     xs, ys = [0.0, 1.0, 2.0], [redis_store, redis_fanout, redis_notify]
-    slope = sum((x - 1.0) * (y - sum(ys) / 3) for x, y in zip(xs, ys)) / 2.0
+    slope = sum((x - 1.0) * (y - sum(ys) / 3) for x, y in zip(xs, ys, strict=True)) / 2.0
     renewals = med(renew_runs, lambda d: d["calls"])
     per_renew_martd = med(renew_runs, lambda d: d["R"] / max(1.0, d["calls"]))
     per_renew_redis = med(renew_runs, lambda d: d["redis"] / max(1.0, d["calls"]))
@@ -629,11 +652,14 @@ async def run_costs(args: argparse.Namespace, c: Cluster) -> dict[str, Any]:
         "martd_cpu_per_connect_us": connect["S1"] / n * 1e6,
         "martd_cpu_per_renewal_us": per_renew_martd * 1e6,
         "martd_bytes_per_connection": (mem1[0] - mem0[0]) / n,
+        "martd_cpu_idle_per_s_us": (idle["P"] + idle["S1"] + idle["S2"]) / 3 / idle["wall"] * 1e6,
+        "martd_bytes_idle_process": p.pss(),
         "redis_cpu_per_push_us": redis_store * 1e6,
         "redis_cpu_per_notification_us": slope * 1e6,
         "redis_cpu_per_push_2_followers_us": redis_notify * 1e6,
         "redis_cpu_per_connect_us": connect["redis"] / n * 1e6,
         "redis_cpu_per_renewal_us": per_renew_redis * 1e6,
+        "redis_cpu_idle_per_s_us": idle["redis"] / idle["wall"] * 1e6,
         "redis_bytes_per_message": per_msg,
         "redis_bytes_per_channel": (mem_one - mem_empty) / len(store) - per_msg,
         "redis_bytes_per_channel_retained": (mem_full - mem_empty) / len(store),
@@ -679,7 +705,9 @@ def key_usage(port: int, channels: list[str]) -> int:
     total = 0
     for ch in channels:
         for suffix in ("s", "h"):
-            used = redis_command(port, "MEMORY", "USAGE", f"martd:{{{ch}}}:{suffix}", "SAMPLES", "0")
+            used = redis_command(
+                port, "MEMORY", "USAGE", f"martd:{{{ch}}}:{suffix}", "SAMPLES", "0"
+            )
             total += used if isinstance(used, int) else 0
     return total
 
@@ -690,13 +718,15 @@ async def notification_bytes(port: int, size: int, retain: int) -> int:
     topic = "martd:{note}:e"
     writer.write(b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(topic), topic.encode()))
     await reader.readuntil(b":1\r\n")  # the confirmation
-    from martd_asgi.backends.redis import RedisBackend
-    from martd_asgi.channels import PushAttributes
+    from martd_asgi.backends.redis import RedisBackend  # type: ignore[import-untyped]
+    from martd_asgi.channels import PushAttributes  # type: ignore[import-untyped]
 
     backend = RedisBackend(f"redis://{HOST}:{port}/0")
     await backend.start(lambda event: None)
     try:
-        await backend.publish("note", payload(1, size).decode(), PushAttributes(size=retain), server=True)
+        await backend.publish(
+            "note", payload(1, size).decode(), PushAttributes(size=retain), server=True
+        )
         data = b""
         while True:
             data += await asyncio.wait_for(reader.read(65536), 5)
@@ -715,24 +745,45 @@ async def notification_bytes(port: int, size: int, retain: int) -> int:
 
 LABELS = [
     ("martd_cpu_per_push_taken_us", "martd CPU per push taken (POST /pub), µs"),
-    ("martd_cpu_per_push_not_followed_us", "martd CPU per push on a channel it has no subscribers on, µs"),
+    (
+        "martd_cpu_per_push_not_followed_us",
+        "martd CPU per push on a channel it has no subscribers on, µs",
+    ),
     ("martd_cpu_per_push_heard_1sub_us", "martd CPU per push heard, 1 local subscriber, µs"),
     ("martd_cpu_per_notification_us", "martd CPU per notification heard (without deliveries), µs"),
     ("martd_cpu_per_delivery_us", "martd CPU per SSE delivery, µs"),
     ("martd_cpu_per_connect_us", "martd CPU per SSE connect (own channel), µs"),
     ("martd_cpu_per_renewal_us", "martd CPU per channel lease renewal, µs"),
-    ("martd_bytes_per_connection", "martd memory (Pss) per idle SSE connection (own channel), bytes"),
+    (
+        "martd_bytes_per_connection",
+        "martd memory (Pss) per idle SSE connection (own channel), bytes",
+    ),
+    ("martd_cpu_idle_per_s_us", "martd CPU of an idle process, µs per second"),
+    ("martd_bytes_idle_process", "martd memory (Pss) of a process without subscribers, bytes"),
     ("redis_cpu_per_push_us", "Redis CPU per push (script, retained history), µs"),
-    ("redis_cpu_per_notification_us", "Redis CPU per notification sent to a subscribed process, µs"),
+    (
+        "redis_cpu_per_notification_us",
+        "Redis CPU per notification sent to a subscribed process, µs",
+    ),
     ("redis_cpu_per_push_2_followers_us", "Redis CPU per push, 2 processes subscribed, µs"),
     ("redis_cpu_per_connect_us", "Redis CPU per SSE connect (attach + SUBSCRIBE), µs"),
     ("redis_cpu_per_renewal_us", "Redis CPU per channel lease renewal, µs"),
+    ("redis_cpu_idle_per_s_us", "Redis CPU when idle, µs per second"),
     ("redis_bytes_per_message", "Redis memory per retained message, bytes"),
     ("redis_bytes_per_channel", "Redis memory per channel (without its messages), bytes"),
-    ("redis_bytes_per_channel_retained", "Redis memory per channel holding --retain messages, bytes"),
+    (
+        "redis_bytes_per_channel_retained",
+        "Redis memory per channel holding --retain messages, bytes",
+    ),
     ("redis_key_bytes_per_channel_1msg", "MEMORY USAGE of a channel's keys, 1 message, bytes"),
-    ("redis_key_bytes_per_channel_retained", "MEMORY USAGE of a channel's keys, --retain messages, bytes"),
-    ("redis_key_bytes_per_message_deep", "MEMORY USAGE per message past the first stream node, bytes"),
+    (
+        "redis_key_bytes_per_channel_retained",
+        "MEMORY USAGE of a channel's keys, --retain messages, bytes",
+    ),
+    (
+        "redis_key_bytes_per_message_deep",
+        "MEMORY USAGE per message past the first stream node, bytes",
+    ),
     ("redis_bytes_per_followed_channel", "Redis memory per channel a process subscribes to, bytes"),
     ("push_request_bytes", "bytes of one POST /pub request"),
     ("notification_bytes", "bytes of one notification (Redis to martd)"),
@@ -751,20 +802,31 @@ def table(result: dict[str, Any]) -> str:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=1000, help="subscribed channels (connect, notify)")
+    parser.add_argument(
+        "--connections", type=int, default=1000, help="subscribed channels (connect, notify)"
+    )
     parser.add_argument("--store-channels", type=int, default=500)
     parser.add_argument("--sample", type=int, default=100, help="channels whose keys are sized")
     parser.add_argument("--settle", type=float, default=1.0, help="s before reading Redis's memory")
-    parser.add_argument("--rounds", type=int, default=4, help="pushes per channel per measured phase")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="pushes per channel per measured phase"
+    )
     parser.add_argument("--fanout", type=int, default=10, help="subscribers per channel in fanout")
     parser.add_argument("--renew-channels", type=int, default=1000)
-    parser.add_argument("--renew-every", type=float, default=0.5, help="R's lease renewal period, s")
+    parser.add_argument(
+        "--renew-every", type=float, default=0.5, help="R's lease renewal period, s"
+    )
     parser.add_argument("--renew-seconds", type=float, default=3.0)
     parser.add_argument("--size", type=int, default=100, help="payload bytes")
-    parser.add_argument("--retain", type=int, default=10, help="messages each channel keeps (size=)")
+    parser.add_argument(
+        "--retain", type=int, default=10, help="messages each channel keeps (size=)"
+    )
     parser.add_argument("--deep", type=int, default=110, help="messages kept on the deep channels")
     parser.add_argument("--deep-channels", type=int, default=10)
     parser.add_argument("--node-bytes", type=int, help="redis-server's stream-node-max-bytes")
+    parser.add_argument(
+        "--idle", type=float, default=3.0, help="s of doing nothing, for the base rates"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="seconds, not minutes: checks the tool")
     parser.add_argument("--json", type=Path, help="also write the result here")
@@ -775,6 +837,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.connections, args.store_channels, args.rounds = 100, 50, 1
         args.renew_channels, args.renew_seconds, args.repeat, args.retain = 100, 1.0, 1, 3
         args.fanout, args.settle, args.deep, args.deep_channels = 5, 0.2, 20, 2
+        args.idle = 0.5
     return args
 
 
@@ -808,7 +871,9 @@ def main() -> None:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     checks = result["checks"]
     if checks["lost"] or checks["duplicated"] or checks["refused"]:
-        sys.exit(f"lost {checks['lost']}, duplicated {checks['duplicated']}, refused {checks['refused']}")
+        sys.exit(
+            f"lost {checks['lost']}, duplicated {checks['duplicated']}, refused {checks['refused']}"
+        )
 
 
 if __name__ == "__main__":
