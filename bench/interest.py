@@ -37,7 +37,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-import loadgen  # noqa: E402  (bench/ is not a package)
+from clients import connect_subscribers, payload, raise_nofile  # noqa: E402  (bench/ is not a package)
+from measure import Tally, await_or_note, server_cpu  # noqa: E402
 
 IN_FLIGHT = 64
 
@@ -104,9 +105,9 @@ async def measure(args: argparse.Namespace, url: str, a: Any, b: Any) -> dict[st
 
     (pid_a, port_a), (pid_b, port_b) = a, b
     n, total = args.channels, args.pushes
-    tally = loadgen.Tally(1)
+    tally = Tally(1)
     options = argparse.Namespace(transport="sse", port=port_a, timeout=30.0)
-    subs = await loadgen.connect_subscribers(options, tally, n, lambda i: f"c{i}")
+    subs = await connect_subscribers(options, tally, n, lambda i: f"c{i}")
     pusher = RedisBackend(url)
     await pusher.start(lambda event: None)
     attrs = PushAttributes(size=10)
@@ -114,22 +115,22 @@ async def measure(args: argparse.Namespace, url: str, a: Any, b: Any) -> dict[st
 
     async def push(seq: int) -> None:
         async with gate:
-            body = loadgen.payload(seq, args.size).decode()
+            body = payload(seq, args.size).decode()
             await pusher.publish(f"c{seq % n}", body, attrs, server=True)
 
     async def pushes(seqs: range) -> None:
         done = tally.wait_total(tally.delivered + len(seqs))
         await asyncio.gather(*(push(seq) for seq in seqs))
-        await loadgen.await_or_note(done, 60.0, tally, "the deliveries")
+        await await_or_note(done, 60.0, tally, "the deliveries")
 
     try:
         await pushes(range(1, n + 1))  # every channel once: warms up, proves each live
         heard = [stats(port_a).get("redis_notifications"), stats(port_b).get("redis_notifications")]
-        cpu = [loadgen.server_cpu(pid_a), loadgen.server_cpu(pid_b)]
+        cpu = [server_cpu(pid_a), server_cpu(pid_b)]
         started = time.perf_counter()
         await pushes(range(n + 1, n + 1 + total))
         elapsed = time.perf_counter() - started
-        cpu = [loadgen.server_cpu(pid_a) - cpu[0], loadgen.server_cpu(pid_b) - cpu[1]]
+        cpu = [server_cpu(pid_a) - cpu[0], server_cpu(pid_b) - cpu[1]]
         after = [stats(port_a).get("redis_notifications"), stats(port_b).get("redis_notifications")]
     finally:
         await pusher.aclose()
@@ -159,7 +160,7 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
     sys.path.insert(0, str(args.src.resolve()))
-    loadgen.raise_nofile(args.channels + 200)
+    raise_nofile(args.channels + 200)
     directory = tempfile.mkdtemp(prefix="martd-interest-")
     procs: list[subprocess.Popen[bytes]] = []
     try:

@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 import websockets
+from measure import process_tree  # bench/ is on sys.path: this file runs as a script
 
 CHANNELS = 2000
 SIZES = (1, 10, 50)
@@ -84,24 +85,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def process_tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    tree = [pid]
-    for p in tree:
-        tree.extend(children.get(p, ()))
-    return tree
 
 
 def rss_mib(pid: int) -> float:

@@ -22,8 +22,8 @@ from websockets.exceptions import ConnectionClosed
 from conftest import running, wait_for
 from martd_asgi import create_app
 from martd_asgi.channels import Message
+from martd_asgi.hub import Hub
 from martd_asgi.logs import redact
-from martd_asgi.router import Router
 from martd_asgi.transports.sse import SSESubscriber
 from opshelpers import uvicorn_process
 from serving import martd_serve
@@ -59,7 +59,7 @@ async def test_hardening_unsettled_address_is_counted_by_its_peer(
             asyncio.create_task(client.get(f"/sub/p{i}?timeout=1", headers=headers))
             for i in range(2)
         ]
-        await wait_for(lambda: len(app.router.by_channel) == 2)  # both polls are waiting
+        await wait_for(lambda: len(app.hub.by_channel) == 2)  # both polls are waiting
         third = await client.get("/sub/p3?timeout=1", headers=headers)
         assert third.status_code == 429, third.text
         assert third.json()["error"].startswith("connections:")
@@ -134,17 +134,17 @@ async def test_hardening_retained_bytes_count_utf8_bytes() -> None:
 
 
 async def test_hardening_subscriber_backlog_counts_utf8_bytes() -> None:
-    router = Router(max_backlog=1000, max_backlog_bytes=1000)
+    hub = Hub(max_backlog=1000, max_backlog_bytes=1000)
 
     async def send(event: Any) -> None:
         pass
 
-    sub = SSESubscriber(send, ["c"], "cid", router)
+    sub = SSESubscriber(send, ["c"], "cid", hub)
     sub.handler = None  # no handler task to wake: the test's own task
-    router.add(sub)
+    hub.add(sub)
     # 400 characters, 1,200 bytes: over a 1,000-byte backlog while busy
     sub.deliver(Message("c", (1, 1), "\u20ac" * 400, time.time() + 60))
-    assert sub.closed and router.counters["dropped_slow"] == 1
+    assert sub.closed and hub.counters["dropped_slow"] == 1
 
 
 # ------------------------------------------------------------ access logs

@@ -128,7 +128,7 @@ async def test_hostile_random_requests_never_5xx_nor_touch_other_channels() -> N
         assert any(s is not None and s < 300 for s in statuses)
         assert any(s is not None and 400 <= s < 500 for s in statuses)
         assert await sentinel_state(client) == before
-        assert app.router.by_channel.keys() <= {SENTINEL}
+        assert app.hub.by_channel.keys() <= {SENTINEL}
 
 
 def test_hostile_schemathesis_run_against_a_real_server() -> None:

@@ -62,7 +62,7 @@ async def test_limits_subscribers_per_channel(make_server: Callable[..., ServerT
             assert "retry-after" in third.headers
             async with sse(client, "/sub/other"):
                 pass
-        await wait_for(lambda: not server.martd.router.by_channel)
+        await wait_for(lambda: not server.martd.hub.by_channel)
         async with sse(client, "/sub/room"):
             pass
         assert await rejected(client, "429", "subscribers") == 1

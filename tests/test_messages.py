@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from conftest import ServerThread, running, sse
 from martd_asgi import AsyncClient, Client, create_app
-from martd_asgi.subscription import Subscription
+from martd_asgi.client_subscription import Subscription
 from test_websocket import frame, ws_url
 
 pytestmark = pytest.mark.anyio

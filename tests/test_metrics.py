@@ -55,7 +55,7 @@ async def test_metrics_count_bytes_delivered_to_long_polls(
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         polls = [asyncio.create_task(client.get("/sub/lp-bytes?timeout=5")) for _ in range(3)]
         deadline = time.monotonic() + 5
-        while server.martd.router.subscribers() < 3:  # type: ignore[attr-defined]
+        while server.martd.hub.subscribers() < 3:  # type: ignore[attr-defined]
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         await client.post("/pub/lp-bytes", content="0123456789")

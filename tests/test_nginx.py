@@ -244,12 +244,12 @@ async def test_nginx_long_poll_and_jsonp(stack: Stack) -> None:
         assert got["etag"] == second.json()["etag"]
 
         # A poll that waits is answered through nginx as soon as a push comes.
-        router = stack.martd.app.router
+        hub = stack.martd.app.hub
         waiting = asyncio.create_task(
             browser.get("/martd/sub/nginx-lp", params={"etag": got["etag"], "timeout": "10"})
         )
         try:
-            await wait_for(lambda: router.subscribers() > 0)
+            await wait_for(lambda: hub.subscribers() > 0)
             started = time.monotonic()
             third = await browser.post("/martd/pub/nginx-lp", content='{"n": 3}')
             answer = await asyncio.wait_for(waiting, timeout=5)

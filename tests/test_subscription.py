@@ -1,4 +1,4 @@
-"""martd_asgi.subscription (what `martd sub` runs): resuming after the connection is cut."""
+"""martd_asgi.client_subscription (what `martd sub` runs): resuming after the connection is cut."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from conftest import ServerThread
-from martd_asgi.subscription import Delivery, Subscription
+from martd_asgi.client_subscription import Delivery, Subscription
 
 
 class Relay:

@@ -19,29 +19,28 @@ from typing import Any
 from . import dashboard, logformat, logs, signals
 from .auth import Authority
 from .authhook import AuthHook
-from .backends.base import Backend, make_backend
+from .backends import make_backend
+from .backends.base import Backend
 from .channels import check_event, check_name, message_type, parse_push_attributes
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import Forbidden, MartdError, MethodNotAllowed, NotFound
 from .housekeeping import Housekeeper
+from .hub import Hub
 from .limits import Limits, configure_backend
 from .metrics import Metrics
-from .router import Router
 from .transports import publish as pub
 from .transports import websocket
 from .transports.common import (
     CALLBACK_RE,
-    Receive,
     Request,
-    Scope,
-    Send,
     json_bytes,
     send_error,
     send_json,
 )
 from .transports.longpoll import send_jsonp_error
 from .transports.subscribe import subscribe
+from .types import Receive, Scope, Send
 
 STATIC = Path(__file__).parent / "static"
 WebSocketHandler = Callable[..., Awaitable[None]]
@@ -61,18 +60,18 @@ class MartdApp:
         self.settings = settings
         self.authority = Authority(settings)
         self.hook = AuthHook.from_settings(settings)
-        self.router = Router(
+        self.hub = Hub(
             max_backlog=settings.sub_buffer_messages,
             max_backlog_bytes=settings.sub_buffer_bytes,
             stall=settings.sub_stall,
             ping=settings.ping,
             presence_rate=settings.presence_rate,
         )
-        self.router.sndbuf = settings.sub_sndbuf
+        self.hub.sndbuf = settings.sub_sndbuf
         lease = {"lease": settings.lease} if settings.backend != "memory" else {}
         self.backend: Backend = make_backend(settings.backend, hold=settings.hold, **lease)
         configure_backend(self.backend, settings)
-        self.limits = Limits(settings, self.authority, self.router, self.backend)
+        self.limits = Limits(settings, self.authority, self.hub, self.backend)
         self.log = logging.getLogger("martd")
         self.counters: dict[str, int] = {"published": 0, "published_bytes": 0}
         self.metrics = Metrics(self)
@@ -98,10 +97,10 @@ class MartdApp:
         async with self._start_lock:
             if self.started:
                 return
-            await self.backend.start(self.router.deliver)
+            await self.backend.start(self.hub.deliver)
             if self.hook is not None:
                 self.hook.start()
-            self.router.start(interval=min(0.25, self.settings.ping / 2))
+            self.hub.start(interval=min(0.25, self.settings.ping / 2))
             logs.install("uvicorn.access", "uvicorn.error", "martd")
             logformat.apply(self.settings.log_format)
             self.metrics.start()
@@ -115,11 +114,11 @@ class MartdApp:
             return
         self.begin_shutdown()
         deadline = time.monotonic() + self.settings.grace
-        while self.router.by_channel and time.monotonic() < deadline:
+        while self.hub.by_channel and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         signals.unwatch(self)
         self.housekeeper.stop()
-        self.router.stop()
+        self.hub.stop()
         await self.metrics.stop()
         await self.backend.aclose()
         if self.hook is not None:
@@ -128,7 +127,7 @@ class MartdApp:
 
     def begin_shutdown(self) -> None:
         self.closing = True
-        self.router.close_all("shutdown")
+        self.hub.close_all("shutdown")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, *_: Any) -> AsyncIterator[None]:
@@ -367,13 +366,13 @@ class MartdApp:
         backend = await self.backend.stats()
         return {
             **backend,
-            "subscribers": self.router.subscribers(),
-            "connections": self.router.by_transport(),
+            "subscribers": self.hub.subscribers(),
+            "connections": self.hub.by_transport(),
             "published": self.counters["published"],
             "published_bytes": self.counters["published_bytes"],
             "delivered_bytes": self.metrics.delivered_bytes,
             "rejected": {f"{s} {r}": n for (s, r), n in sorted(self.metrics.rejected.items())},
-            **self.router.counters,
+            **self.hub.counters,
             "uptime": round(time.time() - self.started_at, 3),
             **self.metrics.namespaces_and_hook(),
         }

@@ -521,8 +521,8 @@ def sub_command(
     """
     from .channels import check_etag
     from .client import ClientError
+    from .client_subscription import Subscription
     from .errors import MartdError
-    from .subscription import Subscription
 
     names = _check_channels(channels)
     if etag is not None:

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+from .types import Send
 
 
 def _transport(send: Any) -> Any:

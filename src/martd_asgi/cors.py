@@ -14,11 +14,11 @@ costs nothing.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
-from .transports.common import Message, Receive, Scope, Send, json_bytes
+from .transports.common import json_bytes
+from .types import ASGIApp, Message, Receive, Scope, Send
 
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 METHODS = ("GET", "POST", "DELETE", "OPTIONS")
 HEADERS = ("Authorization", "Content-Type", "Last-Event-ID", "If-None-Match")
 EXPOSE = ("ETag", "Retry-After")
@@ -78,7 +78,7 @@ class CORSMiddleware:
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
-        # lets the router reach the connection to cut a slow consumer (router._transport)
+        # lets the hub reach the connection to cut a slow consumer (connection._transport)
         send_with_cors.__wrapped__ = send  # type: ignore[attr-defined]
         await self.app(scope, receive, send_with_cors)
 

@@ -20,7 +20,8 @@ import anyio
 
 from . import __version__
 from .errors import BadRequest
-from .transports.common import NO_CACHE, Receive, Request, Send
+from .transports.common import NO_CACHE, Request
+from .types import Receive, Send
 
 if TYPE_CHECKING:
     from .application import MartdApp
@@ -55,7 +56,7 @@ class Sampler:
         backend = await app.backend.stats()
         metrics = app.metrics
         published = app.counters["published"]
-        delivered = app.router.counters["delivered"]
+        delivered = app.hub.counters["delivered"]
         latency = (metrics.latency_sum, metrics.latency_count)
         rates = {"pushes": 0.0, "deliveries": 0.0}
         mean_ms: float | None = None
@@ -67,7 +68,7 @@ class Sampler:
             if latency[1] > latency_count:
                 mean_ms = 1000 * (latency[0] - latency_sum) / (latency[1] - latency_count)
         self.last = (now, published, delivered, *latency)
-        connections = app.router.by_transport()
+        connections = app.hub.by_transport()
         return {
             "time": time.time(),
             "uptime": round(time.time() - app.started_at, 1),
@@ -76,13 +77,13 @@ class Sampler:
             "connections": sum(connections.values()),
             "transports": connections,
             "channels": backend.get("channels", 0),
-            "subscribed_channels": len(app.router.by_channel),
+            "subscribed_channels": len(app.hub.by_channel),
             "pushes_per_second": round(rates["pushes"], 2),
             "deliveries_per_second": round(rates["deliveries"], 2),
             "latency_ms": None if mean_ms is None else round(mean_ms, 2),
             "published": published,
             "delivered": delivered,
-            "slow_cuts": app.router.counters["dropped_slow"],
+            "slow_cuts": app.hub.counters["dropped_slow"],
             "memory_bytes": resident_bytes(),
             "retained_bytes": backend.get("retained_bytes"),
         }

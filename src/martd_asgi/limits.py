@@ -36,7 +36,7 @@ from .errors import Forbidden, TooManyRequests
 if TYPE_CHECKING:
     from .auth import Address, Authority
     from .config import Settings
-    from .router import Router
+    from .hub import Hub
 
 BUCKETS_PRUNE_AT = 10_000
 # Counted against when a request carries no peer address at all (not over TCP).
@@ -101,13 +101,13 @@ class Limits:
     """The per-request limits of one app, and what they refused."""
 
     def __init__(
-        self, settings: Settings, authority: Authority, router: Router, backend: Any = None
+        self, settings: Settings, authority: Authority, hub: Hub, backend: Any = None
     ) -> None:
         # A backend that stores channels in this process tells how many it holds.
         self.stored = backend if hasattr(backend, "channel_count") else None
         self.settings = settings
         self.authority = authority
-        self.router = router
+        self.hub = hub
         self.by_address: dict[Address, int] = {}
         self.refused_by_namespace: dict[str, int] = {}
         # channel -> open subscriptions naming it, per address
@@ -140,7 +140,7 @@ class Limits:
     ) -> Admission | None:
         """Check a new subscription; returns what to ``release`` when it ends."""
         settings = self.settings
-        by_channel = self.router.by_channel
+        by_channel = self.hub.by_channel
         if settings.max_channels_total:
             stored = self.stored
             new = sum(
@@ -203,7 +203,7 @@ class Limits:
             cap = namespace.max_subscribers
             if cap is None:
                 cap = self.settings.max_subscribers
-            subs = self.router.by_channel.get(channel)
+            subs = self.hub.by_channel.get(channel)
             if cap and subs is not None and len(subs) >= cap:
                 name = namespace.name
                 self.refused_by_namespace[name] = self.refused_by_namespace.get(name, 0) + 1

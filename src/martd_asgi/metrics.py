@@ -174,7 +174,7 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-        app.router.on_deliver = self.on_deliver
+        app.hub.on_deliver = self.on_deliver
 
     # -- hot path: once per message and once per refused request
 
@@ -216,7 +216,7 @@ class Metrics:
         """Copy the app's counters into the Prometheus metrics."""
         app = self.app
         values: dict[str, float] = {
-            **{k: v for k, v in app.router.counters.items() if isinstance(v, int)},
+            **{k: v for k, v in app.hub.counters.items() if isinstance(v, int)},
             "published": app.counters.get("published", 0),
             "published_bytes": app.counters.get("published_bytes", 0),
             "delivered_bytes": self.delivered_bytes,
@@ -227,10 +227,10 @@ class Metrics:
             self._advance(counter, name, values.get(name, 0))
         for (status, why), count in self.rejected.items():
             self._advance(self.rejects.labels(status, why), (status, why), count)
-        by_transport = app.router.by_transport()
+        by_transport = app.hub.by_transport()
         for transport in {*TRANSPORTS, *by_transport}:
             self.connections.labels(transport).set(by_transport.get(transport, 0))
-        self.subscribed.set(len(app.router.by_channel))
+        self.subscribed.set(len(app.hub.by_channel))
         if "channels" in backend:
             self.channels.set(backend["channels"])
         if "retained_bytes" in backend:
@@ -254,7 +254,7 @@ class Metrics:
         if not app.settings.namespaces:
             return {}
         names = getattr(app.backend, "channel_names", None)
-        counts = app.settings.namespaces.counts(app.router.by_channel, names() if names else ())
+        counts = app.settings.namespaces.counts(app.hub.by_channel, names() if names else ())
         for name, found in counts.items():
             found["refused"] = app.limits.refused_by_namespace.get(name, 0)
         return counts

@@ -9,7 +9,7 @@ all, since each of its polls would be a new one).
 - ``Client`` and ``PresenceEvent``: the values the listing and the events carry.
 - ``Roster``: the memory backend's record of who is on each channel, with the
   hold. The Redis backend keeps the same record in Redis (``redis_presence``).
-- ``Feed``: the router's side. Which events a process's subscribers are told is
+- ``Feed``: the hub's side. Which events a process's subscribers are told is
   bounded by a budget of frames per channel (see ``Feed``), so that a crowd
   arriving at once (a deploy that reconnects everyone) does not cost a frame per
   client per subscriber.
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .subscriber import Subscriber
+    from .delivery import Subscriber
 
 JOIN = "join"
 LEAVE = "leave"
@@ -186,7 +186,7 @@ class Roster:
         self.channels.clear()
 
 
-# --------------------------------------------------------------- the router's
+# --------------------------------------------------------------- the hub's
 
 
 class _Budget:

@@ -40,7 +40,8 @@ import anyio
 import httpx
 
 from .proxy_websocket import relay_websocket, site_connection
-from .transports.common import Receive, Scope, Send, json_bytes
+from .transports.common import json_bytes
+from .types import Receive, Scope, Send
 
 log = logging.getLogger("martd.proxy")
 
@@ -340,8 +341,9 @@ async def _cancel_on_disconnect(
 class ProxyMiddleware:
     """martd under ``prefix``; every other HTTP request and WebSocket to ``upstream``.
 
-    With ``upstream=None`` nothing is proxied: ``/`` redirects to ``index``
-    (``{prefix}/demo`` by default when given as ``"demo"``) and other paths are 404.
+    With ``upstream=None`` nothing is proxied: ``/`` redirects to ``index`` when
+    one is given (``martd serve`` passes ``{prefix}/demo`` with the demo page on),
+    and every other path is 404.
     """
 
     def __init__(

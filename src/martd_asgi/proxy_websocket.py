@@ -6,7 +6,7 @@ from typing import Any
 
 import anyio
 
-from .transports.common import Receive, Send
+from .types import Receive, Send
 
 
 def site_connection(browser_host: bool) -> Any:

@@ -2,7 +2,7 @@
 
 A backend stores channels (attributes, the hashed key, the message queue) and
 moves events between processes. It never talks to subscribers: every event it
-produces goes to one ``deliver`` callback, the router's, in publish order.
+produces goes to one ``deliver`` callback, the hub's, in publish order.
 """
 
 from __future__ import annotations
@@ -131,16 +131,3 @@ class Backend(Protocol):
 
     async def stats(self) -> dict[str, Any]: ...
 
-
-def make_backend(url: str, **options: Any) -> Backend:
-    """Choose a backend by URL; Redis is imported only when asked for."""
-    if url == "memory":
-        from .memory import MemoryBackend
-
-        return MemoryBackend(**options)
-    if url.startswith(("redis://", "rediss://")):
-        from .redis import RedisBackend  # type: ignore[import-not-found,unused-ignore]
-
-        backend: Backend = RedisBackend(url, **options)
-        return backend
-    raise ValueError(f"backend: unknown backend {url!r}")

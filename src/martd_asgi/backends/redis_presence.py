@@ -12,7 +12,7 @@ the clients) removes them and publishes their leave. A client whose last
 subscription ended gets the hold instead; the process where it ended sweeps the
 channel when the hold is over, so it leaves then unless it came back (to any
 process) in between. Joins and leaves are published on the channel's pub/sub
-channel (``j``/``l`` notifications) and reach the routers of the processes with
+channel (``j``/``l`` notifications) and reach the hubs of the processes with
 subscribers on it like messages.
 Both keys expire with the newest lease or hold in them, and go with the channel.
 """

@@ -6,18 +6,13 @@ import itertools
 import json
 import re
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from ..channels import check_etag, parse_channels
 from ..errors import BadRequest, MartdError, PayloadTooLarge
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from ..types import Receive, Scope, Send
 
 _anonymous = itertools.count(1)
 _process = secrets.token_hex(6)  # apart from other processes sharing a Redis
@@ -143,7 +138,7 @@ TRANSPORTS = ("sse", "longpoll", "jsonp", "websocket")
 
 
 @dataclass
-class Subscription:
+class SubRequest:
     """A subscribe request, validated: channels, where to start, how to deliver."""
 
     channels: list[str]
@@ -180,7 +175,7 @@ def _etag_list(raw: str, count: int, source: str) -> list[str | None]:
 
 def parse_subscription(
     request: Request, spec: str, *, max_channels: int, poll_timeout: float
-) -> Subscription:
+) -> SubRequest:
     channels = parse_channels(spec, max_channels)
     query = request.query
     headers = request.headers
@@ -241,7 +236,7 @@ def parse_subscription(
             raise BadRequest(f"timeout: a number of seconds from 1 to {poll_timeout:g}")
         timeout = min(value, poll_timeout)
 
-    return Subscription(
+    return SubRequest(
         channels=channels,
         etags=etags,
         transport=transport,

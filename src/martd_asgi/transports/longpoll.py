@@ -1,7 +1,7 @@
 """Long-poll (JSON) and JSONP: one answer with everything new, then the client asks again.
 
 A waiting poll costs a registered subscriber and nothing else: the publisher
-answers it directly, and the router's timer answers it at its deadline. Every
+answers it directly, and the hub's timer answers it at its deadline. Every
 answer names every requested channel with the etag to resume it from, so a
 client that polls again with those etags loses nothing pushed in between. For
 the common case (one channel, nothing missed) the answer is made once per
@@ -15,9 +15,10 @@ from typing import Any
 
 from ..backends.base import Control
 from ..channels import History, Message, etag_key
+from ..delivery import Subscriber
 from ..errors import MartdError
-from ..subscriber import Subscriber
-from .common import Send, json_bytes, response_events
+from ..types import CloseReason, Send
+from .common import json_bytes, response_events
 
 JSON = b"application/json"
 JAVASCRIPT = b"application/javascript; charset=utf-8"
@@ -86,7 +87,7 @@ class LongPollSubscriber(Subscriber):
         error = f"channel: {control.channel!r}: {what}"
         self.answer(status, {"error": error, "type": control.kind, "channel": control.channel}, {})
 
-    def end(self, reason: str) -> None:
+    def end(self, reason: CloseReason) -> None:
         if reason == "slow":
             self.abort()
         elif self.resume is None:
@@ -127,7 +128,7 @@ async def send_jsonp_error(send: Send, callback: str, error: MartdError) -> None
 
 
 async def begin(
-    sub: LongPollSubscriber, histories: list[History], *, deadline: float, router: Any
+    sub: LongPollSubscriber, histories: list[History], *, deadline: float, hub: Any
 ) -> None:
     """Answer at once with what is there, or wait (registered) until the deadline."""
     extra: dict[str, Group] = {}
@@ -149,4 +150,4 @@ async def begin(
         sub.end("shutdown")
     await sub.drain()
     if not sub.closed:
-        router.expire_at(sub, deadline)
+        hub.expire_at(sub, deadline)

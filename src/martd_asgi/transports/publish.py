@@ -15,7 +15,8 @@ from ..channels import (
     parse_push_attributes,
 )
 from ..errors import Forbidden, MartdError, NotFound
-from .common import Receive, Request, Send, decode_payload, read_body, send_json
+from ..types import Receive, Send
+from .common import Request, decode_payload, read_body, send_json
 
 if TYPE_CHECKING:
     from ..application import MartdApp

@@ -18,8 +18,9 @@ from typing import Any
 
 from ..backends.base import Control
 from ..channels import History, Message
-from ..subscriber import Subscriber
-from .common import NO_CACHE, Send
+from ..delivery import Subscriber
+from ..types import CloseReason, Send
+from .common import NO_CACHE
 
 RETRY_MS = 2000
 SHUTDOWN_RETRY_MS = 1000
@@ -86,7 +87,7 @@ class SSESubscriber(Subscriber):
     def tell(self, control: Control) -> None:
         self.finish([body(control_frame(control.kind, control.channel), more=False)])
 
-    def end(self, reason: str) -> None:
+    def end(self, reason: CloseReason) -> None:
         if reason == "slow":
             self.abort()
         else:

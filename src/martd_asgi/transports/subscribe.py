@@ -1,6 +1,6 @@
 """``/sub/{channels}``: one flow for every transport.
 
-Attach (one2one holds), register with the router, *then* read history, send
+Attach (one2one holds), register with the hub, *then* read history, send
 it, and drain what arrived meanwhile, skipping what history already held: a
 message pushed while a subscriber connects is delivered exactly once.
 """
@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 from ..authhook import check_subscribe
 from ..channels import History, etag_key
 from ..connection import close_delimited
+from ..delivery import Subscriber
 from ..errors import MartdError, Unavailable
 from ..presence import STREAMS, Client
-from ..subscriber import Subscriber
+from ..types import Receive, Send
 from . import longpoll, sse
-from .common import Receive, Request, Send, Subscription, parse_subscription
+from .common import Request, SubRequest, parse_subscription
 
 if TYPE_CHECKING:
     from ..application import MartdApp
@@ -74,7 +75,7 @@ async def subscribe(
         app.limits.release(address)
 
 
-async def attach(app: MartdApp, req: Subscription) -> list[str]:
+async def attach(app: MartdApp, req: SubRequest) -> list[str]:
     attached: list[str] = []
     try:
         for channel in req.channels:
@@ -86,7 +87,7 @@ async def attach(app: MartdApp, req: Subscription) -> list[str]:
     return attached
 
 
-async def detach(app: MartdApp, req: Subscription, attached: list[str]) -> None:
+async def detach(app: MartdApp, req: SubRequest, attached: list[str]) -> None:
     for channel in attached:
         try:
             await app.backend.detach(channel, req.cid)
@@ -94,7 +95,7 @@ async def detach(app: MartdApp, req: Subscription, attached: list[str]) -> None:
             app.log.warning("could not detach from %s", channel, exc_info=True)
 
 
-def _client(req: Subscription) -> Client | None:
+def _client(req: SubRequest) -> Client | None:
     """Who this subscription is for presence; None for a long-poll without a cid, which
     cannot be told apart from a new client on its next poll."""
     if not req.cid_given and req.transport not in STREAMS:
@@ -102,7 +103,7 @@ def _client(req: Subscription) -> Client | None:
     return Client(req.cid, req.user, req.transport)
 
 
-async def present(app: MartdApp, req: Subscription, attached: list[str]) -> list[str]:
+async def present(app: MartdApp, req: SubRequest, attached: list[str]) -> list[str]:
     client = _client(req)
     if client is None:
         return []
@@ -116,7 +117,7 @@ async def present(app: MartdApp, req: Subscription, attached: list[str]) -> list
     return done
 
 
-async def absent(app: MartdApp, req: Subscription, channels: list[str]) -> None:
+async def absent(app: MartdApp, req: SubRequest, channels: list[str]) -> None:
     client = _client(req)
     if client is None:
         return
@@ -127,7 +128,7 @@ async def absent(app: MartdApp, req: Subscription, channels: list[str]) -> None:
             app.log.warning("could not record leaving %s", channel, exc_info=True)
 
 
-async def histories(app: MartdApp, sub: Subscriber, req: Subscription) -> list[History]:
+async def histories(app: MartdApp, sub: Subscriber, req: SubRequest) -> list[History]:
     out = []
     for index, channel in enumerate(req.channels):
         given = req.etags[index]
@@ -147,7 +148,7 @@ async def histories(app: MartdApp, sub: Subscriber, req: Subscription) -> list[H
 async def session(
     app: MartdApp,
     request: Request,
-    req: Subscription,
+    req: SubRequest,
     send: Send,
     make: Callable[[], Subscriber],
 ) -> AsyncIterator[tuple[Any, list[History]] | None]:
@@ -160,38 +161,38 @@ async def session(
         yield None
         return
     sub = make()
-    app.router.add(sub)
+    app.hub.add(sub)
     here: list[str] = []
     try:
         try:
             found = await histories(app, sub, req)
         except MartdError as error:
             sub.closed = True
-            app.router.remove(sub)
+            app.hub.remove(sub)
             await app.refuse(request, send, error)
             yield None
             return
         here = await present(app, req, attached)
         yield sub, found
     finally:
-        app.router.remove(sub)
+        app.hub.remove(sub)
         await absent(app, req, here)
         await detach(app, req, attached)
 
 
-def _subscriber(app: MartdApp, req: Subscription, send: Send) -> Subscriber:
+def _subscriber(app: MartdApp, req: SubRequest, send: Send) -> Subscriber:
     if req.transport == "sse":
-        return sse.SSESubscriber(send, req.channels, req.cid, app.router, json=req.json)
+        return sse.SSESubscriber(send, req.channels, req.cid, app.hub, json=req.json)
     if req.transport == "jsonp":
         assert req.callback is not None  # parse_subscription requires one for jsonp
         return longpoll.JSONPSubscriber(
-            send, req.channels, req.cid, app.router, callback=req.callback
+            send, req.channels, req.cid, app.hub, callback=req.callback
         )
-    return longpoll.LongPollSubscriber(send, req.channels, req.cid, app.router)
+    return longpoll.LongPollSubscriber(send, req.channels, req.cid, app.hub)
 
 
 async def run(
-    app: MartdApp, request: Request, req: Subscription, receive: Receive, send: Send
+    app: MartdApp, request: Request, req: SubRequest, receive: Receive, send: Send
 ) -> None:
     http10 = req.transport == "sse" and request.scope.get("http_version") == "1.0"
     if http10:
@@ -205,7 +206,7 @@ async def run(
             await sse.begin(sub, found, send, req.etags, close=http10)
         else:
             deadline = time.monotonic() + req.timeout
-            await longpoll.begin(sub, found, deadline=deadline, router=app.router)
+            await longpoll.begin(sub, found, deadline=deadline, hub=app.hub)
         request.forget()
         await sub.wait(receive)
 

@@ -44,10 +44,11 @@ from ..channels import (
     message_type,
     parse_push_attributes,
 )
+from ..delivery import Subscriber, _uncancel
 from ..errors import BadRequest, MartdError, PayloadTooLarge, Unavailable
-from ..subscriber import Subscriber, _uncancel
+from ..types import CloseReason, Receive, Send
 from . import publish
-from .common import Receive, Request, Send, Subscription
+from .common import Request, SubRequest
 from .subscribe import session
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class WebSocketSubscriber(Subscriber):
             ]
         )
 
-    def end(self, reason: str) -> None:
+    def end(self, reason: CloseReason) -> None:
         if reason == "slow":
             self.abort()
         elif reason == "shutdown":
@@ -267,12 +268,12 @@ async def listen(
 
 
 async def serve(
-    app: MartdApp, request: Request, req: Subscription, receive: Receive, send: Send
+    app: MartdApp, request: Request, req: SubRequest, receive: Receive, send: Send
 ) -> None:
     """The WebSocket handler (``MartdApp.websocket``): the subscribe flow, then listen."""
 
     def make() -> WebSocketSubscriber:
-        return WebSocketSubscriber(send, req.channels, req.cid, app.router)
+        return WebSocketSubscriber(send, req.channels, req.cid, app.hub)
 
     async with session(app, request, req, send, make) as started:
         if started is None:

@@ -2,7 +2,7 @@
 
 The hot path allocates per message, not per subscriber: a message is encoded
 once per transport (``Message.encoded``) and the same ASGI event is handed to
-each subscriber (``subscriber.py`` says how it reaches the socket). The router
+each subscriber (``delivery.py`` says how it reaches the socket). The hub
 also owns the one timer that serves every subscriber: long-poll deadlines,
 keep-alive pings, stall checks, and the end-of-turn flush.
 """
@@ -16,13 +16,14 @@ from collections.abc import Callable
 from .backends.base import Event
 from .channels import Message
 from .connection import set_send_buffer
+from .delivery import Bounds, Subscriber
 from .presence import Feed, PresenceEvent
-from .subscriber import Subscriber
+from .types import CloseReason
 
 SHUTDOWN_STALL = 1.0  # seconds a send may stay blocked once shutdown began
 
 
-class Router:
+class Hub:
     """Subscribers by channel, and the one timer that serves them all."""
 
     def __init__(
@@ -40,8 +41,7 @@ class Router:
         self.dirty: list[Subscriber] = []  # subscribers with events of this loop turn
         self._loop: asyncio.AbstractEventLoop | None = None
         self.deadlines: dict[int, list[Subscriber]] = {}
-        self.max_backlog = max_backlog
-        self.max_backlog_bytes = max_backlog_bytes
+        self.bounds = Bounds(max_backlog, max_backlog_bytes)
         self.stall = stall
         self.ping = ping
         self._next_ping = time.monotonic() + ping
@@ -78,7 +78,7 @@ class Router:
                 if not subs:
                     del self.by_channel[channel]
         self.streams.pop(sub, None)
-        self.parked.discard(sub)
+        self.unpark(sub)
 
     def subscribers(self) -> int:
         return len({s for subs in self.by_channel.values() for s in subs})
@@ -114,12 +114,20 @@ class Router:
                 for sub in tuple(subs):
                     sub.control(event)
 
+    def park(self, sub: Subscriber, since: float | None = None) -> None:
+        """``sub``'s send is blocked: the stall limit counts from ``since`` (now)."""
+        sub.since = time.monotonic() if since is None else since
+        self.parked.add(sub)
+
+    def unpark(self, sub: Subscriber) -> None:
+        self.parked.discard(sub)
+
     def cut(self, sub: Subscriber) -> None:
         """Disconnect a subscriber that does not keep up; it resumes by etag."""
         self.counters["dropped_slow"] += 1
         sub.end("slow")
 
-    def close_all(self, reason: str) -> None:
+    def close_all(self, reason: CloseReason) -> None:
         if reason == "shutdown":
             # A subscriber parked on a full socket cannot take its goodbye; do not
             # let it hold the process past the grace period.

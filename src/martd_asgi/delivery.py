@@ -12,20 +12,19 @@ too long, is cut and resumes by etag. Transports subclass ``Subscriber``.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from .backends.base import Control
 from .channels import ZERO, EtagKey, Message
 from .connection import drop_connection
+from .types import CloseReason, Send
 
 if TYPE_CHECKING:
-    from .router import Router
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+    from .hub import Hub
 
 
 class _Resumed:
@@ -99,6 +98,14 @@ def _uncancel() -> None:
         task.uncancel()
 
 
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How far a subscriber may fall behind before it is cut (it resumes by etag)."""
+
+    max_backlog: int = 1000  # items queued while busy; also events joined in one turn
+    max_backlog_bytes: int = 4 << 20  # payload bytes queued while busy
+
+
 class Subscriber:
     """One subscription: a ``send`` and what it has seen. Transports subclass it.
 
@@ -111,15 +118,16 @@ class Subscriber:
     __slots__ = (
         "backlog",
         "backlog_bytes",
+        "bounds",
         "busy",
         "channels",
         "cid",
         "closed",
         "handler",
+        "hub",
         "last",
         "missed",
         "pending",
-        "router",
         "send",
         "since",
         "task",
@@ -127,7 +135,7 @@ class Subscriber:
     transport = "base"
     stream = False  # True: stays open, gets keep-alives; False: one answer, then done
 
-    def __init__(self, send: Send, channels: list[str], cid: str, router: Router) -> None:
+    def __init__(self, send: Send, channels: list[str], cid: str, hub: Hub) -> None:
         self.send = send
         self.channels = channels
         self.last: list[EtagKey] = [ZERO] * len(channels)
@@ -138,7 +146,8 @@ class Subscriber:
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.since = 0.0
-        self.router = router
+        self.hub = hub
+        self.bounds = hub.bounds
         self.handler = asyncio.current_task()
         self.missed: set[str] | None = None  # channels whose next delivery is marked missed
         self.pending: list[dict[str, Any]] | None = None  # stream events of this loop turn
@@ -164,7 +173,7 @@ class Subscriber:
         """Tell about ``control`` and close."""
         raise NotImplementedError
 
-    def end(self, reason: str) -> None:
+    def end(self, reason: CloseReason) -> None:
         """Close: ``shutdown``, ``timeout`` (one-shot transports) or ``slow``."""
         raise NotImplementedError
 
@@ -208,10 +217,10 @@ class Subscriber:
         backlog.append(item)
         self.backlog_bytes += size
         if (
-            len(backlog) > self.router.max_backlog
-            or self.backlog_bytes > self.router.max_backlog_bytes
+            len(backlog) > self.bounds.max_backlog
+            or self.backlog_bytes > self.bounds.max_backlog_bytes
         ) and not self.closed:
-            self.router.cut(self)
+            self.hub.cut(self)
 
     def push(self, event: dict[str, Any]) -> None:
         """Send ``event``: a stream's events of one loop turn go out together."""
@@ -224,10 +233,10 @@ class Subscriber:
         pending = self.pending
         if pending is None:
             self.pending = [event]
-            self.router.defer(self)
+            self.hub.defer(self)
         else:
             pending.append(event)
-            if len(pending) >= self.router.max_backlog:
+            if len(pending) >= self.bounds.max_backlog:
                 self.flush()  # a publisher that never yields: no unbounded turn
 
     def flush(self) -> None:
@@ -259,8 +268,7 @@ class Subscriber:
             self.lost()
             return
         self.busy = True
-        self.since = time.monotonic()
-        self.router.parked.add(self)
+        self.hub.park(self)
         self.task = asyncio.ensure_future(self._resume(coro, yielded))
 
     async def _resume(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
@@ -274,7 +282,7 @@ class Subscriber:
         finally:
             if self.task is asyncio.current_task():
                 self.task = None
-            self.router.parked.discard(self)
+            self.hub.unpark(self)
 
     async def drain(self) -> None:
         """Send what queued up while busy, in order, then go live."""
@@ -320,10 +328,10 @@ class Subscriber:
         if self.closed:
             return
         self.closed = True
-        self.router.remove(self)
+        self.hub.remove(self)
         if self.task is not None:
             # still parked: the stall limit applies to its last words too
-            self.router.parked.add(self)
+            self.hub.park(self, since=self.since)
         if self.backlog:
             # in place: a drain running now holds this same deque
             kept = [item for item in self.backlog if isinstance(item, dict)]
@@ -331,12 +339,12 @@ class Subscriber:
             self.backlog.extend(kept)
         for event in events:
             self.push(event)
-        self.router.schedule_wake(self)
+        self.hub.schedule_wake(self)
 
     def abort(self) -> None:
         """Close without a word: the connection cannot take one (slow consumer)."""
         self.closed = True
-        self.router.remove(self)
+        self.hub.remove(self)
         self.backlog = self.pending = None
         if self.task is not None:
             self.task.cancel()
@@ -347,7 +355,7 @@ class Subscriber:
     def lost(self) -> None:
         """The connection is gone (its send failed)."""
         self.closed = True
-        self.router.remove(self)
+        self.hub.remove(self)
         self.backlog = self.pending = None
 
     def wake(self) -> None:
