@@ -17,7 +17,8 @@ The formulas (per second; the names are the keys of costs.py's figures):
                                + R·f·k·cpu_delivery + (N/T)·cpu_connect
                                + (N/k)·D/(L/3)·cpu_renewal ] / P
     martd memory, per process = base + (N/P)·bytes_per_connection
-    Redis CPU, all shards = R·redis_push + R·f·D·redis_notification
+    Redis CPU, all shards = R·(1-f)·redis_push + R·f·redis_push_subscribed
+                            + R·f·D·redis_notification
                             + (N/T)·redis_connect + (N/k)·D/(L/3)·redis_renewal
     Redis memory, all shards = H·bytes_per_channel(retain) + (N/k)·D·bytes_per_followed_channel
     network out of martd, per process = R·f·k·sse_bytes / P
@@ -60,7 +61,8 @@ class Costs:
     cpu_connect: float
     cpu_renewal: float
     bytes_per_connection: float
-    redis_push: float  # s of Redis CPU
+    redis_push: float  # s of Redis CPU, on a channel nobody subscribes to
+    redis_push_subscribed: float  # the same on a channel with subscribers (no notification)
     redis_notification: float
     redis_connect: float
     redis_renewal: float
@@ -87,6 +89,8 @@ class Costs:
             cpu_renewal=f["martd_cpu_per_renewal_us"] * us,
             bytes_per_connection=f["martd_bytes_per_connection"],
             redis_push=f["redis_cpu_per_push_us"] * us,
+            redis_push_subscribed=f.get("redis_cpu_per_push_subscribed_us", 0.0) * us
+            or f["redis_cpu_per_push_us"] * us,
             redis_notification=f["redis_cpu_per_notification_us"] * us,
             redis_connect=f["redis_cpu_per_connect_us"] * us,
             redis_renewal=f["redis_cpu_per_renewal_us"] * us,
@@ -139,6 +143,7 @@ def rates(load: Load, processes: int) -> dict[str, float]:
     subscribed = load.connections / load.fanout
     return {
         "pushes": load.pushes,
+        "pushes_subscribed": load.pushes * load.on_subscribed,
         "notifications": load.pushes * load.on_subscribed * d,
         "deliveries": load.pushes * load.on_subscribed * load.fanout,
         "connects": load.connections / load.life,
@@ -160,7 +165,8 @@ def martd_cpu(c: Costs, r: dict[str, float]) -> float:
 
 def redis_cpu(c: Costs, r: dict[str, float]) -> float:
     return (
-        r["pushes"] * c.redis_push
+        (r["pushes"] - r["pushes_subscribed"]) * c.redis_push
+        + r["pushes_subscribed"] * c.redis_push_subscribed
         + r["notifications"] * c.redis_notification
         + r["connects"] * c.redis_connect
         + r["renewals"] * c.redis_renewal
@@ -217,7 +223,11 @@ def plan(c: Costs, load: Load, measured_payload: int) -> dict[str, Any]:
         },
         "redis_cpu_cores": round(redis, 1),
         "redis_cpu_split": {
-            "pushes": round(r["pushes"] * c.redis_push, 1),
+            "pushes": round(
+                (r["pushes"] - r["pushes_subscribed"]) * c.redis_push
+                + r["pushes_subscribed"] * c.redis_push_subscribed,
+                1,
+            ),
             "notifications": round(r["notifications"] * c.redis_notification, 1),
             "connects": round(r["connects"] * c.redis_connect, 1),
             "renewals": round(r["renewals"] * c.redis_renewal, 1),

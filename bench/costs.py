@@ -358,6 +358,35 @@ class Subscriber(asyncio.Protocol):
         tally.changed()
 
 
+class Sink(asyncio.Protocol):
+    """A pub/sub connection to Redis, as a martd process's would be: subscribes, reads, drops."""
+
+    def __init__(self, topics: list[str]) -> None:
+        self.topics = topics
+        self.received = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        words = [b"SUBSCRIBE", *(t.encode() for t in self.topics)]
+        command = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+        transport.write(command)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+
+
+async def sinks(port: int, channels: list[str], count: int) -> list[Sink]:
+    loop = asyncio.get_running_loop()
+    topics = [f"martd:{{{ch}}}:e" for ch in channels]
+    made = [
+        await loop.create_connection(functools.partial(Sink, topics), HOST, port)
+        for _ in range(count)
+    ]
+    await asyncio.sleep(0.5)  # the subscriptions are confirmed
+    return [protocol for _, protocol in made]
+
+
 def ready(tally: Tally, target: int) -> bool:
     return tally.ready >= target
 
@@ -577,31 +606,44 @@ async def run_costs(args: argparse.Namespace, c: Cluster) -> dict[str, Any]:
     mem_full = await dataset()
     usage_full = key_usage(c.redis_port, store[: args.sample])
     # a longer history on a few channels: what each message costs past the first node
-    deep = store[: args.deep_channels]
+    deep = [f"e{i}" for i in range(args.deep_channels)]
     deep_pusher = Pusher(args.size, args.deep)
     await push_all(deep_pusher, p.port, jobs(deep, args.deep - args.retain))
     await asyncio.sleep(args.settle)
     usage_deep = key_usage(c.redis_port, deep)
     usage_shallow = usage_full * len(deep) / min(len(store), args.sample)
-    store_runs = [await pushes(store, args.rounds, 0) for _ in range(args.repeat)]
-    lap("store")
+    lap("memory")
 
-    # notify: fill the subscribed channels' history, then measure
+    # sunk: channels like the store's, each followed by --sinks pub/sub connections
+    sunk = [f"g{i}" for i in range(args.store_channels)]
+    await pushes(sunk, args.retain, 0)
+    followers = await sinks(c.redis_port, sunk, args.sinks)
+    # notify: fill the subscribed channels' history
     await pushes(own, args.retain, 2)
-    notify_runs = [await pushes(own, args.rounds, 2) for _ in range(args.repeat)]
-    lap("notify")
-
-    # fanout: `fanout` subscribers per channel, all on S1
+    # fanout: `fanout` subscribers per channel, all on S1, history filled
     k = args.fanout
     fan = [f"f{i}" for i in range(max(1, n // k))]
     all_subs += await subscribe(tally, s1.port, [ch for ch in fan for _ in range(k)])
     await asyncio.sleep(0.5)
     await pushes(fan, args.retain, k)
     rounds = max(1, args.rounds * n // len(fan) // 2)
-    bytes0, delivered0 = tally.bytes, tally.delivered
-    fanout_runs = [await pushes(fan, rounds, k) for _ in range(args.repeat)]
-    sse_bytes = (tally.bytes - bytes0) / max(1, tally.delivered - delivered0)
-    lap("fanout")
+    lap("fill")
+    # the measured runs, interleaved so that the machine's other load touches all alike
+    store_runs, notify_runs, fanout_runs, sunk_runs = [], [], [], []
+    sse = [0, 0]
+    for _ in range(args.repeat):
+        store_runs.append(await pushes(store, args.rounds, 0))
+        sunk_runs.append(await pushes(sunk, args.rounds, 0))
+        notify_runs.append(await pushes(own, args.rounds, 2))
+        bytes0, delivered0 = tally.bytes, tally.delivered
+        fanout_runs.append(await pushes(fan, rounds, k))
+        sse[0] += tally.bytes - bytes0
+        sse[1] += tally.delivered - delivered0
+    sse_bytes = sse[0] / max(1, sse[1])
+    lap("runs")
+    for sink in followers:
+        if sink.transport is not None:
+            sink.transport.close()
 
     # the notification itself, as Redis sends it to a subscribed process
     note_bytes = await notification_bytes(c.redis_port, args.size, args.retain)
@@ -623,19 +665,38 @@ async def run_costs(args: argparse.Namespace, c: Cluster) -> dict[str, Any]:
     def med(runs: list[dict[str, float]], f: Callable[[dict[str, float]], float]) -> float:
         return statistics.median(f(run) for run in runs)
 
+    runs = list(zip(store_runs, notify_runs, fanout_runs, strict=True))
     per_store = med(store_runs, lambda d: d["P"] / d["pushes"])
     redis_store = med(store_runs, lambda d: d["redis"] / d["pushes"])
     idle_store = med(store_runs, lambda d: (d["S1"] + d["S2"]) / 2 / d["pushes"])
     heard_1 = med(notify_runs, lambda d: (d["S1"] + d["S2"]) / 2 / d["pushes"])
     redis_notify = med(notify_runs, lambda d: d["redis"] / d["pushes"])
     heard_k = med(fanout_runs, lambda d: d["S1"] / d["pushes"])
-    redis_fanout = med(fanout_runs, lambda d: d["redis"] / d["pushes"])
-    delivery = (heard_k - heard_1) / (k - 1)
-    notification = heard_1 - delivery
-    # Redis per push with 0 (store), 1 (fanout) and 2 (notify) processes subscribed:
-    # the slope of the least-squares line is the cost of one notification sent.
-    xs, ys = [0.0, 1.0, 2.0], [redis_store, redis_fanout, redis_notify]
-    slope = sum((x - 1.0) * (y - sum(ys) / 3) for x, y in zip(xs, ys, strict=True)) / 2.0
+    k = args.fanout
+
+    def split(run: tuple[dict[str, float], ...]) -> tuple[float, float]:
+        """(notification, delivery) from one repeat's runs with 1 and k subscribers."""
+        _, one, many = run
+        with_1 = (one["S1"] + one["S2"]) / 2 / one["pushes"]
+        with_k = many["S1"] / many["pushes"]
+        delivery = (with_k - with_1) / (k - 1)
+        return with_1 - delivery, delivery
+
+    notification = statistics.median(split(run)[0] for run in runs)
+    delivery = statistics.median(split(run)[1] for run in runs)
+
+    def slope(pair: tuple[dict[str, float], dict[str, float]]) -> float:
+        """Redis per push on channels with --sinks followers, less without, per follower."""
+        per = [d["redis"] / d["pushes"] for d in pair]
+        return (per[1] - per[0]) / max(1, int(args.sinks))
+
+    runs_sunk = list(zip(store_runs, sunk_runs, strict=True))
+    per_note = statistics.median(slope(pair) for pair in runs_sunk)
+    # a push on a channel with subscribers also reads who they are (its answer's count)
+    redis_subscribed = statistics.median(
+        d["redis"] / d["pushes"] - 2 * slope(pair)
+        for d, pair in zip(notify_runs, runs_sunk, strict=True)
+    )
     renewals = med(renew_runs, lambda d: d["calls"])
     per_renew_martd = med(renew_runs, lambda d: d["R"] / max(1.0, d["calls"]))
     per_renew_redis = med(renew_runs, lambda d: d["redis"] / max(1.0, d["calls"]))
@@ -655,8 +716,10 @@ async def run_costs(args: argparse.Namespace, c: Cluster) -> dict[str, Any]:
         "martd_cpu_idle_per_s_us": (idle["P"] + idle["S1"] + idle["S2"]) / 3 / idle["wall"] * 1e6,
         "martd_bytes_idle_process": p.pss(),
         "redis_cpu_per_push_us": redis_store * 1e6,
-        "redis_cpu_per_notification_us": slope * 1e6,
+        "redis_cpu_per_notification_us": per_note * 1e6,
+        "redis_cpu_per_push_subscribed_us": redis_subscribed * 1e6,
         "redis_cpu_per_push_2_followers_us": redis_notify * 1e6,
+        "redis_cpu_per_push_sunk_us": med(sunk_runs, lambda d: d["redis"] / d["pushes"]) * 1e6,
         "redis_cpu_per_connect_us": connect["redis"] / n * 1e6,
         "redis_cpu_per_renewal_us": per_renew_redis * 1e6,
         "redis_cpu_idle_per_s_us": idle["redis"] / idle["wall"] * 1e6,
@@ -681,6 +744,7 @@ async def run_costs(args: argparse.Namespace, c: Cluster) -> dict[str, Any]:
             "connections": n,
             "store_channels": len(store),
             "fanout": k,
+            "sinks": args.sinks,
             "pushes_per_phase": {
                 "store": store_runs[0]["pushes"],
                 "notify": notify_runs[0]["pushes"],
@@ -765,7 +829,15 @@ LABELS = [
         "redis_cpu_per_notification_us",
         "Redis CPU per notification sent to a subscribed process, µs",
     ),
+    (
+        "redis_cpu_per_push_subscribed_us",
+        "Redis CPU per push on a channel with subscribers, without notifications, µs",
+    ),
     ("redis_cpu_per_push_2_followers_us", "Redis CPU per push, 2 processes subscribed, µs"),
+    (
+        "redis_cpu_per_push_sunk_us",
+        "Redis CPU per push, --sinks pub/sub connections subscribed, µs",
+    ),
     ("redis_cpu_per_connect_us", "Redis CPU per SSE connect (attach + SUBSCRIBE), µs"),
     ("redis_cpu_per_renewal_us", "Redis CPU per channel lease renewal, µs"),
     ("redis_cpu_idle_per_s_us", "Redis CPU when idle, µs per second"),
@@ -816,7 +888,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--renew-every", type=float, default=0.5, help="R's lease renewal period, s"
     )
-    parser.add_argument("--renew-seconds", type=float, default=3.0)
+    parser.add_argument("--renew-seconds", type=float, default=2.0)
     parser.add_argument("--size", type=int, default=100, help="payload bytes")
     parser.add_argument(
         "--retain", type=int, default=10, help="messages each channel keeps (size=)"
@@ -827,7 +899,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--idle", type=float, default=3.0, help="s of doing nothing, for the base rates"
     )
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sinks", type=int, default=8, help="followers of the sunk channels")
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="seconds, not minutes: checks the tool")
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="martd_asgi's tree")
@@ -837,7 +910,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.connections, args.store_channels, args.rounds = 100, 50, 1
         args.renew_channels, args.renew_seconds, args.repeat, args.retain = 100, 1.0, 1, 3
         args.fanout, args.settle, args.deep, args.deep_channels = 5, 0.2, 20, 2
-        args.idle = 0.5
+        args.idle, args.sinks = 0.5, 2
     return args
 
 

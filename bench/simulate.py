@@ -243,8 +243,11 @@ async def window(
                 "core share measured": round(measured[name] / span, 3),
             }
         )
+    subscribed = set().union(*subs_on)
+    on_subscribed = sum(1 for ch, _, _ in plan if ch in subscribed)
     redis_cpu = (
-        total * model.redis_push
+        (total - on_subscribed) * model.redis_push
+        + on_subscribed * model.redis_push_subscribed
         + totals["notifications"] * model.redis_notification
         + totals["renewals"] * model.redis_renewal
         + span * model.redis_idle
