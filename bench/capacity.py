@@ -274,10 +274,13 @@ def table(costs: Costs, measured_payload: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("costs", type=Path, help="the --json file of bench/costs.py")
+    parser.add_argument(
+        "costs", type=Path, help="the --json file of bench/costs.py (or of bench/simulate.py)"
+    )
     parser.add_argument("--json", type=Path, help="also write every scenario's figures here")
     args = parser.parse_args()
     result = json.loads(args.costs.read_text())
+    result = result.get("costs", result)  # bench/simulate.py's --json holds its costs
     costs = Costs.from_figures(result)
     payload = int(result["setup"]["payload_bytes"])
     print(table(costs, payload))
