@@ -48,6 +48,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -934,7 +935,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the run as Ctrl-C does: the processes it started are stopped."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main() -> None:
+    stop_on_sigterm()
     args = parse()
     result = measure(args)
     print(table(result))

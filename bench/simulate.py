@@ -382,6 +382,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
+    kit.stop_on_sigterm()
     args = parse()
     if args.costs is None:
         options = ["--tiny"] if args.tiny else []

@@ -8,10 +8,13 @@ message was lost, duplicated or refused on the way.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,15 +23,23 @@ from conftest import require
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def run(script: str, *args: str) -> dict:  # type: ignore[type-arg]
-    out = subprocess.run(
+def run(script: str, *args: str) -> dict[str, Any]:
+    """Run a tool; on a timeout, stop it and every process it started (its process group)."""
+    proc = subprocess.Popen(
         [sys.executable, str(BENCH / script), "--tiny", *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
+        start_new_session=True,
     )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return dict(json.loads(stdout.strip().splitlines()[-1]))
 
 
 @pytest.mark.timeout(300)
