@@ -6,34 +6,46 @@ no persistence) and martd processes on it (uvicorn, one worker each, uvloop +
 httptools), drives them from this process, and prints a table and one JSON
 object: the CPU and memory each operation costs in martd and in Redis.
 
-    .venv/bin/python bench/costs.py                      # about two minutes
+    .venv/bin/python bench/costs.py                      # about a minute and a half
     .venv/bin/python bench/costs.py --json costs.json    # also keep the figures
+    .venv/bin/python bench/costs.py --node-bytes 1024    # Redis with stream-node-max-bytes 1024
     .venv/bin/python bench/costs.py --tiny               # seconds: checks the tool works
 
 The processes: P takes every push (POST /pub, as a load balancer would send
 them) and has no subscribers; S1 and S2 hold the SSE subscribers; R holds
-subscribers too, with a short lease so that it renews them often. The phases:
+subscribers too, with a short lease so that it renews them often. P, S1 and S2
+renew less often than the run lasts, so renewals stay out of the push phases.
+The phases:
 
+- idle: nothing happens: the CPU each process and Redis spend anyway.
 - connect: N SSE subscribers to S1, each on a channel of its own: martd CPU and
-  memory (Pss) per connection, Redis CPU and memory per subscribed channel.
-- store: pushes on channels nobody subscribes to, each retaining `--retain`
-  messages (so every push evicts one): martd CPU per push taken (P), Redis CPU
-  per push (the push script), and what the other processes spend meanwhile (the
-  cost of a push a process has no subscribers for: nothing, it hears nothing).
-- notify: pushes on the channels of the connect phase, where S1 and S2 each
-  have one subscriber per channel: martd CPU per push heard with one local
-  subscriber, Redis CPU per notification sent to a subscribed process.
-- fanout: pushes on channels with `--fanout` subscribers each, all on S1: with
-  notify, splits a heard push's cost into the notification and the deliveries.
+  memory (Pss) per connection, Redis CPU and memory per followed channel.
+- memory: Redis `used_memory` (less its clients' buffers) and `MEMORY USAGE`
+  per channel holding 1 and `--retain` messages, and per message past the first
+  stream node (`--deep` messages on a few channels), at the payload size given.
+- the measured runs, `--repeat` times, interleaved so that the machine's other
+  load touches each alike (every channel already holds `--retain` messages, so
+  every push evicts one):
+  - store: pushes on channels nobody subscribes to: martd CPU per push taken
+    (P), Redis CPU per push, and what S1 and S2 spend meanwhile (the cost of a
+    push a process has no subscribers for: nothing, it hears nothing);
+  - sunk: the same on channels that `--sinks` pub/sub connections of this
+    script follow: Redis CPU per notification sent;
+  - notify: pushes on the connect phase's channels, where S1 and S2 each have
+    one subscriber per channel: martd CPU per push heard with one subscriber;
+    Redis CPU per push on a channel with subscribers;
+  - fanout: pushes on channels with `--fanout` subscribers each, all on S1:
+    with notify, splits a heard push's cost into the notification and the
+    deliveries.
 - renew: R's subscribers sit idle while R renews their leases: martd and Redis
   CPU per channel renewed (each process renews each channel it serves every
-  lease / 3, 10 s by default).
-- memory: Redis `used_memory` per channel and per retained message, at the
-  payload size given, from the store phase's channels.
+  lease / 3, 10 s by default); the script calls Redis counts are R's.
 
 CPU is utime + stime from /proc for martd and Redis's own used_cpu_user +
-used_cpu_sys from INFO. Each figure is the median over `--repeat` runs of its
-phase; the machine's other load moves them, so compare figures of one run.
+used_cpu_sys from INFO. Each figure is the median over the runs; the machine's
+other load moves them, so compare figures of one run. Every subscriber checks
+it got each message of its channel once: the script exits non-zero when a
+message was lost, duplicated or refused.
 """
 
 from __future__ import annotations
