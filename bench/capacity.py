@@ -13,7 +13,8 @@ The formulas (per second; the names are the keys of costs.py's figures):
 
     D  = processes that follow a subscribed channel: P·(1 - (1 - 1/P)^k) when
          subscribers land on processes at random, 1 when routed by channel
-    martd CPU, per process = [ R·cpu_push_taken + R·f·D·cpu_notification
+    martd CPU, per process = [ R·(1-f)·cpu_push_taken + R·f·cpu_push_taken_subscribed
+                               + R·f·D·cpu_notification
                                + R·f·k·cpu_delivery + (N/T)·cpu_connect
                                + (N/k)·D/(L/3)·cpu_renewal ] / P
     martd memory, per process = base + (N/P)·bytes_per_connection
@@ -55,7 +56,8 @@ PROCESS_BASE = 45 * 1024**2  # Pss of a martd process without subscribers, when 
 
 @dataclasses.dataclass
 class Costs:
-    cpu_push_taken: float  # s of martd CPU
+    cpu_push_taken: float  # s of martd CPU, on a channel nobody subscribes to
+    cpu_push_taken_subscribed: float  # the same on a channel with subscribers
     cpu_notification: float
     cpu_delivery: float
     cpu_connect: float
@@ -83,6 +85,8 @@ class Costs:
         us = 1e-6
         return cls(
             cpu_push_taken=f["martd_cpu_per_push_taken_us"] * us,
+            cpu_push_taken_subscribed=f.get("martd_cpu_per_push_taken_subscribed_us", 0.0) * us
+            or f["martd_cpu_per_push_taken_us"] * us,
             cpu_notification=f["martd_cpu_per_notification_us"] * us,
             cpu_delivery=f["martd_cpu_per_delivery_us"] * us,
             cpu_connect=f["martd_cpu_per_connect_us"] * us,
@@ -155,7 +159,8 @@ def rates(load: Load, processes: int) -> dict[str, float]:
 
 def martd_cpu(c: Costs, r: dict[str, float]) -> float:
     return (
-        r["pushes"] * c.cpu_push_taken
+        (r["pushes"] - r["pushes_subscribed"]) * c.cpu_push_taken
+        + r["pushes_subscribed"] * c.cpu_push_taken_subscribed
         + r["notifications"] * c.cpu_notification
         + r["deliveries"] * c.cpu_delivery
         + r["connects"] * c.cpu_connect
@@ -215,7 +220,11 @@ def plan(c: Costs, load: Load, measured_payload: int) -> dict[str, Any]:
         "rates": {key: round(value) for key, value in r.items() if key != "followers"},
         "martd_cpu_cores": round(martd_cpu(c, r), 1),
         "martd_cpu_split": {
-            "pushes taken": round(r["pushes"] * c.cpu_push_taken, 1),
+            "pushes taken": round(
+                (r["pushes"] - r["pushes_subscribed"]) * c.cpu_push_taken
+                + r["pushes_subscribed"] * c.cpu_push_taken_subscribed,
+                1,
+            ),
             "notifications": round(r["notifications"] * c.cpu_notification, 1),
             "deliveries": round(r["deliveries"] * c.cpu_delivery, 1),
             "connects": round(r["connects"] * c.cpu_connect, 1),

@@ -620,11 +620,15 @@ async def run_costs(args: argparse.Namespace, c: Cluster) -> dict[str, Any]:
     usage_full = key_usage(c.redis_port, store[: args.sample])
     # a longer history on a few channels: what each message costs past the first node
     deep = [f"e{i}" for i in range(args.deep_channels)]
-    deep_pusher = Pusher(args.size, args.deep)
-    await push_all(deep_pusher, p.port, jobs(deep, args.deep - args.retain))
-    await asyncio.sleep(args.settle)
+    mem_before_deep = await dataset()
+    await push_all(Pusher(args.size, args.deep), p.port, jobs(deep, args.deep))
+    mem_deep = await dataset()
     usage_deep = key_usage(c.redis_port, deep)
     usage_shallow = usage_full * len(deep) / min(len(store), args.sample)
+    # the same from used_memory: the deep channels, less what they would take with --retain
+    shallow_mem = len(deep) * (mem_full - mem_empty) / len(store)
+    past = len(deep) * (args.deep - args.retain)
+    deep_mem_msg = (mem_deep - mem_before_deep - shallow_mem) / past
     lap("memory")
 
     # sunk: channels like the store's, each followed by --sinks pub/sub connections
@@ -715,9 +719,11 @@ async def run_costs(args: argparse.Namespace, c: Cluster) -> dict[str, Any]:
     per_renew_redis = med(renew_runs, lambda d: d["redis"] / max(1.0, d["calls"]))
     per_msg = (mem_full - mem_one) / (len(store) * (args.retain - 1))
     sampled = min(len(store), args.sample)
-    deep_msg = (usage_deep - usage_shallow) / (len(deep) * (args.deep - args.retain))
+    deep_msg = (usage_deep - usage_shallow) / past
     figures = {
         "martd_cpu_per_push_taken_us": per_store * 1e6,
+        "martd_cpu_per_push_taken_subscribed_us": med(notify_runs, lambda d: d["P"] / d["pushes"])
+        * 1e6,
         "martd_cpu_per_push_not_followed_us": idle_store * 1e6,
         "martd_cpu_per_push_heard_1sub_us": heard_1 * 1e6,
         f"martd_cpu_per_push_heard_{k}subs_us": heard_k * 1e6,
@@ -742,6 +748,7 @@ async def run_costs(args: argparse.Namespace, c: Cluster) -> dict[str, Any]:
         "redis_key_bytes_per_channel_1msg": usage_one / sampled,
         "redis_key_bytes_per_channel_retained": usage_full / sampled,
         "redis_key_bytes_per_message_deep": deep_msg,
+        "redis_bytes_per_message_deep": deep_mem_msg,
         "redis_bytes_per_followed_channel": (mem1[1] - mem0[1]) / n,
         "push_request_bytes": med(store_runs, lambda d: d["request_bytes"]),
         "push_answer_bytes": med(store_runs, lambda d: d["answer_bytes"]),
@@ -823,6 +830,10 @@ async def notification_bytes(port: int, size: int, retain: int) -> int:
 LABELS = [
     ("martd_cpu_per_push_taken_us", "martd CPU per push taken (POST /pub), µs"),
     (
+        "martd_cpu_per_push_taken_subscribed_us",
+        "martd CPU per push taken on a channel with subscribers, µs",
+    ),
+    (
         "martd_cpu_per_push_not_followed_us",
         "martd CPU per push on a channel it has no subscribers on, µs",
     ),
@@ -865,6 +876,7 @@ LABELS = [
         "redis_key_bytes_per_channel_retained",
         "MEMORY USAGE of a channel's keys, --retain messages, bytes",
     ),
+    ("redis_bytes_per_message_deep", "Redis memory per message past the first stream node, bytes"),
     (
         "redis_key_bytes_per_message_deep",
         "MEMORY USAGE per message past the first stream node, bytes",
@@ -907,7 +919,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--retain", type=int, default=10, help="messages each channel keeps (size=)"
     )
     parser.add_argument("--deep", type=int, default=110, help="messages kept on the deep channels")
-    parser.add_argument("--deep-channels", type=int, default=10)
+    parser.add_argument("--deep-channels", type=int, default=20)
     parser.add_argument("--node-bytes", type=int, help="redis-server's stream-node-max-bytes")
     parser.add_argument(
         "--idle", type=float, default=3.0, help="s of doing nothing, for the base rates"

@@ -40,6 +40,8 @@ sys.path.insert(0, str(BENCH))
 import capacity  # noqa: E402  (bench/ is not a package)
 import costs as kit  # noqa: E402
 
+BURST_IN_FLIGHT = 32  # pushes in flight in the burst window: as bench/costs.py pushes
+
 
 async def simulate(
     args: argparse.Namespace, c: kit.Cluster, model: capacity.Costs
@@ -92,7 +94,7 @@ async def simulate(
     failed: set[int] = set()
     errors: list[str] = []
     expected_total = 0
-    for rate in args.rate:
+    for rate in [*args.rate, *([0.0] if args.burst else [])]:
         got = await window(
             args, martds, names, meter, channels, subs_on, tally, pushed, rng, model, rate, seq
         )
@@ -176,8 +178,9 @@ async def window(
     rate: float,
     seq: int,
 ) -> dict[str, Any]:
-    """Pushes at `rate` for args.seconds; each process's CPU and Redis's, and the model's."""
-    total = int(rate * args.seconds)
+    """Pushes at `rate` for args.seconds (rate 0: --burst pushes, as fast as they are
+    taken, as bench/costs.py pushes); each process's CPU and Redis's, and the model's."""
+    total = int(rate * args.seconds) if rate else args.burst
     plan = []
     for n in range(seq + 1, seq + 1 + total):
         ch = rng.randrange(args.channels)
@@ -186,7 +189,7 @@ async def window(
     expected = sum(sum(s[ch] for s in subs_on) for ch, _, _ in plan)
     target = tally.delivered + expected
     pusher = kit.Pusher(args.size, args.retain)
-    gate = asyncio.Semaphore(args.in_flight)
+    gate = asyncio.Semaphore(args.in_flight if rate else BURST_IN_FLIGHT)
     late = 0
 
     async def one(ch: int, proc: int, n: int) -> None:
@@ -197,7 +200,7 @@ async def window(
     started = time.perf_counter()
     tasks = []
     for i, (ch, proc, n) in enumerate(plan):
-        delay = started + i / rate - time.perf_counter()
+        delay = started + i / rate - time.perf_counter() if rate else 0.0
         if delay > 0.002:
             await asyncio.sleep(delay)
         elif delay < -0.1:
@@ -207,7 +210,7 @@ async def window(
     pushing = time.perf_counter() - started
     await tally.until(lambda: tally.delivered >= target - len(pusher.failed), 60, "deliveries")
     # the window ends at a fixed time after the first push, unless the deliveries took longer
-    rest = args.seconds + args.drain - (time.perf_counter() - started)
+    rest = (args.seconds if rate else 0.0) + args.drain - (time.perf_counter() - started)
     if rest > 0:
         await asyncio.sleep(rest)
     measured = kit.Meter.delta(before, meter.read())
@@ -218,8 +221,10 @@ async def window(
     renew_every = 30.0 / 3  # MARTD_LEASE's default, renewed every lease / 3
     rows = []
     totals = Counter[str]()
+    subscribed = set().union(*subs_on)
     for i, name in enumerate(names):
         mine = subs_on[i]
+        taken_subscribed = sum(1 for ch, proc, _ in plan if proc == i and ch in subscribed)
         ops = {
             "pushes taken": sum(1 for _, proc, _ in plan if proc == i),
             "notifications": sum(1 for ch, _, _ in plan if mine[ch]),
@@ -228,7 +233,8 @@ async def window(
         }
         totals.update(ops)
         cpu = (
-            ops["pushes taken"] * model.cpu_push_taken
+            (ops["pushes taken"] - taken_subscribed) * model.cpu_push_taken
+            + taken_subscribed * model.cpu_push_taken_subscribed
             + ops["notifications"] * model.cpu_notification
             + ops["deliveries"] * model.cpu_delivery
             + ops["renewals"] * model.cpu_renewal
@@ -243,7 +249,6 @@ async def window(
                 "core share measured": round(measured[name] / span, 3),
             }
         )
-    subscribed = set().union(*subs_on)
     on_subscribed = sum(1 for ch, _, _ in plan if ch in subscribed)
     redis_cpu = (
         (total - on_subscribed) * model.redis_push
@@ -254,6 +259,7 @@ async def window(
     )
     return {
         "rate": rate,
+        "achieved_rate": round(total / pushing, 1),
         "window_s": round(span, 1),
         "pushing_s": round(pushing, 1),
         "pushes": total,
@@ -277,6 +283,10 @@ def ratio(measured: float, predicted: float) -> str:
     return f"{measured / predicted:.2f}" if predicted else "–"
 
 
+def label(w: dict[str, Any]) -> str:
+    return f"{w['rate']:g}" if w["rate"] else f"burst ({w['achieved_rate']:.0f}/s)"
+
+
 def table(result: dict[str, Any]) -> str:
     out = [
         "| pushes/s | process | pushes taken | notifications | deliveries | renewals | "
@@ -286,13 +296,13 @@ def table(result: dict[str, Any]) -> str:
     for w in result["windows"]:
         for r in w["processes"]:
             out.append(
-                f"| {w['rate']:g} | {r['process']} | {r['pushes taken']} | {r['notifications']} | "
+                f"| {label(w)} | {r['process']} | {r['pushes taken']} | {r['notifications']} | "
                 f"{r['deliveries']} | {r['renewals']} | {r['cpu predicted s']:.2f} | "
                 f"{r['cpu measured s']:.2f} | {ratio(r['cpu measured s'], r['cpu predicted s'])} |"
             )
         red = w["redis"]
         out.append(
-            f"| {w['rate']:g} | Redis | {w['pushes']} | "
+            f"| {label(w)} | Redis | {w['pushes']} | "
             f"{sum(r['notifications'] for r in w['processes'])} | | {red['renewals predicted']} | "
             f"{red['cpu predicted s']:.2f} | {red['cpu measured s']:.2f} | "
             f"{ratio(red['cpu measured s'], red['cpu predicted s'])} |"
@@ -360,6 +370,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="of pushing, per rate")
     parser.add_argument(
+        "--burst",
+        type=int,
+        default=10_000,
+        help="pushes of a last window, as fast as they are taken (0: none)",
+    )
+    parser.add_argument(
         "--drain", type=float, default=2.0, help="s after the pushes, in the window"
     )
     parser.add_argument(
@@ -377,6 +393,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:
         args.channels, args.subscribers, args.rate, args.seconds = 100, 150, [50.0], 2.0
+        args.burst = 100
         args.drain, args.prefill, args.settle = 0.5, 1, 0.2
     return args
 

@@ -66,11 +66,11 @@ def test_costs_and_simulation_run_and_lose_nothing(tmp_path: Path) -> None:
     checks = sim["checks"]
     assert checks["expected_deliveries"] > 0
     assert checks == {**checks, "lost": 0, "duplicated": 0, "refused": 0, "closed": 0}
-    (window,) = sim["windows"]
-    assert sum(row["pushes taken"] for row in window["processes"]) == window["pushes"]
-    assert all(
-        row["cpu measured s"] >= 0 and row["cpu predicted s"] > 0 for row in window["processes"]
-    )
+    assert [w["rate"] for w in sim["windows"]] == [50.0, 0.0]  # a fixed rate, then a burst
+    for window in sim["windows"]:
+        rows = window["processes"]
+        assert sum(row["pushes taken"] for row in rows) == window["pushes"]
+        assert all(row["cpu measured s"] >= 0 and row["cpu predicted s"] > 0 for row in rows)
 
     model = subprocess.run(
         [sys.executable, str(BENCH / "capacity.py"), str(tmp_path / "costs.json")],
