@@ -84,6 +84,15 @@ CASES = [
         {"pushes": 200},
         ("martd", "nchan", "martd-ws", "martd-redis"),
     ),
+    # bench/interest.py: two martd processes on a redis-server of their own, every
+    # subscriber on A; what B spends on the pushes, as a share of A's CPU
+    Case(
+        "interest",
+        "interest",
+        {"channels": 1000, "pushes": 20000},
+        {"channels": 200, "pushes": 2000},
+        ("martd-redis",),
+    ),
 ]
 
 # (case, loadgen result key, label, unit format, better)
@@ -137,6 +146,23 @@ FIGURES = [
     ),
     ("latency", "p50_ms", "latency, 1 sub: push to receive p50, ms", "{:.2f}"),
     ("latency", "p99_ms", "latency, 1 sub: push to receive p99, ms", "{:.2f}"),
+    (
+        "interest",
+        "b_share_of_a",
+        "2 processes, {channels} channels with every subscriber on A, {pushes} pushes: "
+        "B's CPU ÷ A's",
+        "{:.3f}",
+    ),
+]
+
+# The Redis backend beside the memory backend: (case, figure, label), each as the
+# median of the per-repeat ratios martd-redis ÷ martd
+REDIS_RATIOS = [
+    ("longpoll", "deliveries_per_cpu_s", "long-poll {n} clients: deliveries / server CPU-s"),
+    ("throughput", "deliveries_per_cpu_s", "throughput, {n} subs: deliveries / server CPU-s"),
+    ("throughput", "pushes_per_s", "throughput, {n} subs, 16 publishers: pushes/s"),
+    ("idle", "server_cpu_us_per_connect", "idle {n}: server CPU per connect"),
+    ("latency", "p50_ms", "latency, 1 sub: push to receive p50"),
 ]
 
 VARIANT_LABEL = {"martd-ws": "WebSocket", "martd-redis": "Redis backend, 2 workers"}
@@ -184,7 +210,12 @@ def case_n(opts: argparse.Namespace, key: str) -> Any:
 def label_of(opts: argparse.Namespace, key: str, label: str) -> str:
     case = next(c for c in CASES if c.key == key)
     params = case.quick if opts.quick else case.full
-    return label.format(n=f"{params.get('n', 1):,}", stalled=params.get("stalled", ""))
+    return label.format(
+        n=f"{params.get('n', 1):,}",
+        stalled=params.get("stalled", ""),
+        channels=f"{params.get('channels', 0):,}",
+        pushes=f"{params.get('pushes', 0):,}",
+    )
 
 
 CASE_TITLES = {
@@ -195,6 +226,7 @@ CASE_TITLES = {
     "longpoll": "long-poll {n} clients",
     "slow": "slow subscribers",
     "latency": "latency",
+    "interest": "interest",
 }
 
 
@@ -224,8 +256,10 @@ def table(opts: argparse.Namespace, res: Results) -> list[str]:
             f"| WebSocket ÷ SSE server CPU per delivery, fan-out {case_n(opts, 'fanout10k'):,} | "
             f"{ws_cost:.2f} | | |"
         )
-    for rows in extra.values():
+    for variant, rows in extra.items():
         lines += rows
+        if variant == "martd-redis":
+            lines += redis_ratio_rows(opts, res)
     # Figures over fewer subscribers or pushes than asked for say so.
     for (case, variant), runs in res.runs.items():
         refused = median([r.get("refused_by_server", 0) for r in runs]) or 0
@@ -250,6 +284,16 @@ def table(opts: argparse.Namespace, res: Results) -> list[str]:
             else f"| Nchan: messages lost / duplicated (all scenarios) | | {lost} / {dup} | |"
         )
     return lines
+
+
+def redis_ratio_rows(opts: argparse.Namespace, res: Results) -> list[str]:
+    """Rows of the Redis backend's figures ÷ the memory backend's, from the same repeats."""
+    rows = []
+    for case, key, label in REDIS_RATIOS:
+        r = paired_ratio(res, case, key, "martd-redis", "martd")
+        if r is not None:
+            rows.append(f"| Redis ÷ memory backend: {label_of(opts, case, label)} | {r:.2f} | | |")
+    return rows
 
 
 def count_notes(res: Results) -> list[str]:
@@ -367,6 +411,52 @@ def versions(opts: argparse.Namespace) -> str:
     return f"{py}; {ng.replace('nginx version: ', '')}, Nchan {nchan}"
 
 
+# (what, case, figure, op, bound): the targets of issue 15, Redis ÷ memory backend
+REDIS_TARGETS = [
+    ("long-poll {n} clients: deliveries / CPU-s ≥ 0.5× the memory backend's",
+     "longpoll", "deliveries_per_cpu_s", ">=", 0.5),
+    ("throughput {n} subs: deliveries / CPU-s ≥ 0.6× the memory backend's",
+     "throughput", "deliveries_per_cpu_s", ">=", 0.6),
+    ("idle {n}: CPU per connect ≤ 1.5× the memory backend's",
+     "idle", "server_cpu_us_per_connect", "<=", 1.5),
+]  # fmt: skip
+
+
+def redis_targets(opts: argparse.Namespace, res: Results) -> list[str]:
+    lines = []
+    for text, case, key, op, bound in REDIS_TARGETS:
+        text = label_of(opts, case, text)
+        r = paired_ratio(res, case, key, "martd-redis", "martd")
+        if r is None:
+            lines.append(f"- {text}: not measured")
+            continue
+        ok = r >= bound if op == ">=" else r <= bound
+        lines.append(f"- {text}: {r:.3f} — {'met' if ok else 'NOT met'}")
+    p50 = median([r.get("p50_ms") for r in res.runs.get(("latency", "martd-redis"), [])])
+    if p50 is not None:
+        lines.append(
+            f"- latency, 1 sub: p50 ≤ 0.4 ms: {p50:.2f} ms — {'met' if p50 <= 0.4 else 'NOT met'}"
+        )
+    share = median([r.get("b_share_of_a") for r in res.runs.get(("interest", "martd-redis"), [])])
+    if share is not None:
+        lines.append(
+            label_of(
+                opts,
+                "interest",
+                "- {channels} channels, every subscriber on process A, {pushes} pushes: "
+                f"B's CPU ≤ 10 % of A's: {share:.1%} — {'met' if share <= 0.1 else 'NOT met'}",
+            )
+        )
+    runs = [r for (c, v), rs in res.runs.items() if v == "martd-redis" for r in rs]
+    if runs:
+        bad = sum(r.get("lost", 0) + r.get("duplicated", 0) for r in runs)
+        lines.append(
+            f"- zero lost or duplicated messages (Redis backend, every scenario): "
+            f"{'met' if bad == 0 else f'NOT met ({bad})'}"
+        )
+    return lines
+
+
 def report(opts: argparse.Namespace, res: Results, started: datetime.datetime, command: str) -> str:
     load = " → ".join(f"{a:.1f}" for a in res.load) or "?"
     out = [
@@ -386,6 +476,10 @@ def report(opts: argparse.Namespace, res: Results, started: datetime.datetime, c
         "",
         *targets(opts, res),
     ]
+    more = redis_targets(opts, res)
+    if more:
+        out += ["", "Targets (issue 15), the Redis backend (2 workers) ÷ the memory backend:", ""]
+        out += more
     notes = [f"- {v}: skipped, {why}" for v, why in res.skipped.items()] + [
         f"- {n}" for n in res.notes + count_notes(res)
     ]

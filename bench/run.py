@@ -41,6 +41,7 @@ from servers import (
 )
 
 LOADGEN = BENCH / "loadgen.py"
+INTEREST = BENCH / "interest.py"
 
 
 # -- running ----------------------------------------------------------------------------
@@ -79,6 +80,22 @@ def loadgen(
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def interest(opts: argparse.Namespace, case: Case) -> dict[str, Any]:
+    """bench/interest.py: it starts its own redis-server and two martd processes."""
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("interest needs redis-server (apt-get install -y redis-server)")
+    params = dict(case.quick if opts.quick else case.full)
+    cmd = [opts.python, str(INTEREST), "--src", str(opts.src), "--python", opts.python]
+    for key, value in params.items():
+        cmd += [f"--{key}", str(value)]
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=900, preexec_fn=raise_nofile
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"interest failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
 def summary(result: dict[str, Any]) -> str:
     keys = [
         "deliveries_per_cpu_s",
@@ -87,6 +104,7 @@ def summary(result: dict[str, Any]) -> str:
         "p99_ms",
         "server_pss_kib_per_conn",
         "server_cpu_us_per_connect",
+        "b_share_of_a",
     ]
     parts = [f"{k}={result[k]:.4g}" for k in keys if isinstance(result.get(k), (int, float))]
     parts.append(f"lost={result.get('lost')} dup={result.get('duplicated')}")
@@ -115,6 +133,17 @@ def run_all(opts: argparse.Namespace, logdir: Path) -> Results:
                     continue
                 label = f"[{repeat + 1}/{opts.repeat}] {case.key} {variant}"
                 began = time.monotonic()
+                if case.scenario == "interest":
+                    try:
+                        result = interest(opts, case)
+                    except Exception as e:  # one failure must not lose the run
+                        res.notes.append(f"{label}: {e}")
+                        print(f"{label}: FAILED {e}", file=sys.stderr)
+                        continue
+                    res.add(case.key, variant, result)
+                    took = time.monotonic() - began
+                    print(f"{label} ({took:.0f} s): {summary(result)}", file=sys.stderr, flush=True)
+                    continue
                 try:
                     server = start(opts, variant, logdir)
                 except ServerFailed as e:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from conftest import require
+from .helpers import require
 
 CHROMIUM = "/usr/bin/chromium"
 FIREFOX = "/usr/bin/firefox-esr"

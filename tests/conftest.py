@@ -1,34 +1,28 @@
-"""Shared harness: real uvicorn servers on loopback, parametrised backends, required parts."""
+"""Fixtures: parametrised backends and mounts, martd servers torn down after each test.
+
+The helpers the test modules import (servers, SSE reader, `require`) are in helpers.py."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import secrets
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from martd_asgi import create_app
 
+from .helpers import ServerThread, mounted_app, redis_url
+
 # The browser engines' fixtures (`context`, `engine`, ...) for any test module.
-pytest_plugins = ["browsers"]
+pytest_plugins = ["tests.browsers"]
 
 # The tests run many apps in one process, like a host that mounts martd: leave the
 # process's garbage collector alone (test_lifecycle checks the tuning on its own).
 os.environ.setdefault("MARTD_GC_TUNE", "0")
 
 BACKENDS = ["memory", "redis"]
-# Each test on Redis gets a key prefix of its own (deleted after it), so that test runs
-# that share one Redis do not disturb each other.
-REDIS_URL = os.environ.get("MARTD_TEST_REDIS_URL", "redis://127.0.0.1:6379/6")
 
 
 # `make test` runs the suite on several pytest-xdist workers. The tests that measure
@@ -55,92 +49,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def require(part: str, available: bool, why: str) -> None:
-    """Skip when a part is missing, or fail when CI says it is required."""
-    if available:
-        return
-    if os.environ.get(f"MARTD_REQUIRE_{part.upper()}") == "1" or os.environ.get("CI") == "true":
-        pytest.fail(f"{part} is required here but not available: {why}")
-    pytest.skip(f"{part} not available: {why}")
-
-
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-class ServerThread:
-    """A real uvicorn server, in a thread of its own, on a free loopback port."""
-
-    def __init__(self, app: Any, **config: Any) -> None:
-        self.app = app
-        self.sock = free_socket()
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        options = {"log_level": "warning", "lifespan": "on", "ws_ping_interval": None} | config
-        self.server = uvicorn.Server(uvicorn.Config(app, **options))
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        async def serve() -> None:
-            self.loop = asyncio.get_running_loop()
-            await self.server.serve(sockets=[self.sock])
-
-        asyncio.run(serve())
-
-    def start(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def server_loop(self) -> asyncio.AbstractEventLoop:
-        """The server's event loop, for running coroutines in it from a test."""
-        return self.loop
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
-@contextlib.contextmanager
-def running(app: Any, **config: Any) -> Iterator[ServerThread]:
-    server = ServerThread(app, **config).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
-def redis_url() -> Iterator[str]:
-    """REDIS_URL with a key prefix of its own; skips (or fails in CI) without Redis."""
-    import redis
-
-    prefix = f"martd-test-{secrets.token_hex(6)}"
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        require("redis", False, f"{REDIS_URL}: {exc}")
-    try:
-        yield f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix={prefix}"
-    finally:
-        with contextlib.suppress(redis.RedisError):
-            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-            for start in range(0, len(keys), 500):
-                client.delete(*keys[start : start + 500])
-        client.close()
-
-
 @pytest.fixture(params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "redis":
@@ -158,22 +66,6 @@ def mount(request: pytest.FixtureRequest) -> str:
     """``root``: martd is the app (``uvicorn martd_asgi:app``); ``mounted``: it is
     mounted at /martd in a Starlette app, as a site would do."""
     return str(request.param)
-
-
-def mounted_app(martd: Any, prefix: str = "/martd") -> Any:
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Mount, Route
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Any) -> AsyncIterator[None]:
-        async with martd.lifespan():
-            yield
-
-    async def home(_: Any) -> PlainTextResponse:
-        return PlainTextResponse("the site")
-
-    return Starlette(routes=[Route("/", home), Mount(prefix, app=martd)], lifespan=lifespan)
 
 
 @pytest.fixture
@@ -212,60 +104,12 @@ async def client(server: ServerThread) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-class SSE:
-    """Reads events from a streaming httpx response."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self.lines = self._lines()
-        self.retry: int | None = None
-
-    async def _lines(self) -> AsyncIterator[str]:
-        # SSE breaks lines at CR, LF and CRLF only (not at U+2028 as str.splitlines does)
-        buffer = ""
-        async for text in self.response.aiter_text():
-            buffer += text.replace("\r\n", "\n").replace("\r", "\n")
-            *lines, buffer = buffer.split("\n")
-            for line in lines:
-                yield line
-
-    async def next(self, timeout: float = 5.0) -> dict[str, str]:
-        """The next event with data: {"event", "id", "data"}; comments are skipped."""
-        event: dict[str, Any] = {}
-        data: list[str] = []
-        async with asyncio.timeout(timeout):
-            async for line in self.lines:
-                if line == "":
-                    if data or "event" in event:
-                        event["data"] = "\n".join(data)
-                        return event
-                    continue
-                if line.startswith(":"):
-                    continue
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "data":
-                    data.append(value)
-                elif name == "retry":
-                    self.retry = int(value)
-                else:
-                    event[name] = value
-        raise EOFError("stream ended")
-
-
-@contextlib.asynccontextmanager
-async def sse(
-    client: httpx.AsyncClient, path: str, headers: dict[str, str] | None = None
-) -> AsyncIterator[SSE]:
-    hdrs = {"accept": "text/event-stream"} | (headers or {})
-    async with client.stream("GET", path, headers=hdrs) as response:
-        assert response.status_code == 200, await response.aread()
-        yield SSE(response)
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+@pytest.fixture
+async def asgi_client() -> AsyncIterator[httpx.AsyncClient]:
+    """martd in process, through httpx's ASGITransport: for answers that only parse the
+    request (a refusal of bad input), where a real server and backend add nothing."""
+    martd = create_app(backend="memory")
+    async with martd.lifespan():
+        transport = httpx.ASGITransport(app=martd)
+        async with httpx.AsyncClient(transport=transport, base_url="http://martd") as c:
+            yield c

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from conftest import require
+from .helpers import require
 
 
 def free_port() -> int:

@@ -20,9 +20,10 @@ import httpx
 import jwt
 import pytest
 
-from conftest import ServerThread, sse
 from martd_asgi import create_app
 from martd_asgi.tokens import mint_token
+
+from .helpers import ServerThread, sse
 
 pytestmark = pytest.mark.anyio
 

@@ -23,11 +23,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from conftest import ServerThread, free_socket, running, sse, wait_for
 from martd_asgi import create_app
-from martd_asgi.application import MartdApp
 from martd_asgi.authhook import MAX_TTL, parse_answer
 from martd_asgi.tokens import mint_token
+
+from .helpers import ServerThread, free_socket, running, sse, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -246,6 +246,9 @@ async def test_authhook_valid_token_decides_without_asking(site: tuple[Site, Ser
 async def test_authhook_user_is_carried_by_the_subscription(
     site: tuple[Site, ServerThread],
 ) -> None:
+    """The user the hook (or a token's ``sub``) names is the subscription's: presence says it."""
+    from websockets.asyncio.client import connect
+
     _hook, server = site
     app = create_app(
         backend="memory",
@@ -254,19 +257,28 @@ async def test_authhook_user_is_carried_by_the_subscription(
         private="user:*",
         auth_url=server.url + "/auth",
     )
+    token = mint_token(SECRET, subscribe=["user:*"], sub="user-42")
+    opened = [
+        ("user:alice", ALICE),
+        ("news", {}),
+        ("user:carol", {"authorization": f"Bearer {token}"}),
+    ]
     users: list[Any] = []
-    serve = app.websocket
-
-    async def spy(app: MartdApp, request: Any, req: Any, receive: Any, send: Any) -> None:
-        users.append(req.user)
-        await serve(app, request, req, receive, send)
-
-    app.websocket = spy
+    auth = {"authorization": f"Bearer {SECRET}"}
     with running(app, proxy_headers=False) as m:
-        assert await ws_status(m, "/sub/user:alice", ALICE) == 101
-        assert await ws_status(m, "/sub/news", {}) == 101
-        token = mint_token(SECRET, subscribe=["user:*"], sub="user-42")
-        assert await ws_status(m, "/sub/user:carol", {"authorization": f"Bearer {token}"}) == 101
+        async with httpx.AsyncClient(base_url=m.url, headers=auth, timeout=5) as client:
+            for channel, _ in opened:  # channels that keep presence
+                pushed = await client.post(f"/pub/{channel}?presence=true", content="x")
+                assert pushed.is_success, pushed.text
+            async with contextlib.AsyncExitStack() as stack:
+                for channel, headers in opened:
+                    await stack.enter_async_context(
+                        connect(ws_url(m, f"/sub/{channel}"), additional_headers=headers)
+                    )
+                for channel, _ in opened:
+                    answer = await client.get(f"/pub/{channel}", params={"presence": "1"})
+                    assert answer.status_code == 200, answer.text
+                    users += [found["user"] for found in answer.json()["clients"]]
     assert users == ["alice", None, "user-42"]
 
 
@@ -531,7 +543,7 @@ async def test_authhook_credentials_never_in_logs_metrics_or_answers(
 async def test_authhook_in_martd_serve_the_upstream_site_is_the_hook(
     site: tuple[Site, ServerThread], tmp_path: Any
 ) -> None:
-    from serving import martd_serve
+    from .serving import martd_serve
 
     hook, upstream = site
     env = {"MARTD_AUTH_URL": "/auth", "MARTD_PRIVATE": "user:*", "MARTD_ALLOW": ELSEWHERE}
@@ -545,7 +557,7 @@ async def test_authhook_in_martd_serve_the_upstream_site_is_the_hook(
 
 
 def test_authhook_path_without_upstream_is_refused_by_martd_serve(tmp_path: Any) -> None:
-    from serving import run_martd
+    from .serving import run_martd
 
     done = run_martd("serve", "--port", "1", MARTD_AUTH_URL="/auth")
     assert done.returncode == 2
@@ -563,7 +575,7 @@ def test_authhook_path_without_upstream_is_refused_by_martd_serve(tmp_path: Any)
 async def test_authhook_behind_nginx_gets_the_browsers_cookie(
     site: tuple[Site, ServerThread], tmp_path: Any
 ) -> None:
-    from test_nginx import nginx_in_front
+    from .test_nginx import nginx_in_front
 
     hook, upstream = site
     app = create_app(

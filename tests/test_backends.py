@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from conftest import wait_for
 from martd_asgi.backends import make_backend
 from martd_asgi.backends.base import Backend, Control, Event
 from martd_asgi.channels import Message, PushAttributes
 from martd_asgi.errors import Conflict, Forbidden
+
+from .helpers import wait_for
 
 pytestmark = pytest.mark.anyio
 

@@ -22,11 +22,12 @@ from typing import Any
 import httpx
 import pytest
 
-from browsers import both_engines, engines_with
-from conftest import ServerThread
 from martd_asgi import create_app
 from martd_asgi.channels import PushAttributes
 from martd_asgi.tokens import mint_token
+
+from .browsers import both_engines, engines_with
+from .helpers import ServerThread
 
 pytestmark = pytest.mark.browser
 

@@ -11,14 +11,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from conftest import ServerThread, mounted_app, redis_url, running
 from martd_asgi import create_app
 from martd_asgi.devcert import dev_certificate
-from serving import Served, ca_context, free_port, martd_process, martd_serve, run_martd
+
+from .helpers import ServerThread, mounted_app, redis_url, running
+from .serving import Served, ca_context, free_port, martd_process, martd_serve, run_martd
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +196,40 @@ def test_cli_sub_takes_sigint_in_a_test_run_started_in_the_background(served: Se
 def test_cli_bad_input_is_one_line_and_non_zero(args: list[str], says: str) -> None:
     line = one_line_error(run_martd(*args, MARTD_BACKEND="memory"))
     assert says in line
+
+
+@pytest.mark.parametrize(
+    ("options", "option", "says"),
+    [
+        ({"workers": 0}, "workers", "at least 1"),
+        ({"prefix": "martd"}, "prefix", "must be a path like /martd"),
+        ({"upstream": "localhost:3000"}, "upstream", "http:// or https://"),
+        ({"workers": 2, "backend": "memory"}, None, "needs a shared backend"),
+        ({"certfile": "cert.pem"}, None, "go together"),
+    ],
+)
+def test_serve_from_python_raises_setting_errors_that_name_the_option(
+    options: dict[str, Any], option: str | None, says: str
+) -> None:
+    from martd_asgi.errors import ServeError, SettingError
+    from martd_asgi.serve import build_config
+
+    with pytest.raises(SettingError) as raised:
+        build_config(**options)
+    assert raised.value.option == option
+    assert says in raised.value.message
+    assert isinstance(raised.value, ServeError) and isinstance(raised.value, ValueError)
+
+
+def test_serve_from_python_on_a_port_in_use_raises_start_error() -> None:
+    from martd_asgi.errors import StartError
+    from martd_asgi.serve import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(StartError, match=r"cannot listen on 127\.0\.0\.1"):
+            serve(port=taken.getsockname()[1], backend="memory")
 
 
 def test_cli_server_down_is_one_line_and_non_zero() -> None:

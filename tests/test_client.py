@@ -9,7 +9,6 @@ from collections.abc import Callable
 import pytest
 
 import martd_asgi
-from conftest import ServerThread, sse
 from martd_asgi import (
     AsyncClient,
     BadRequest,
@@ -20,7 +19,9 @@ from martd_asgi import (
     PayloadTooLarge,
     TransportError,
 )
-from serving import free_port
+
+from .helpers import ServerThread, sse
+from .serving import free_port
 
 pytestmark = pytest.mark.anyio
 

@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from browsers import both_engines, engines_with
-from conftest import ServerThread
 from martd_asgi import create_app
 from martd_asgi.tokens import mint_token
+
+from .browsers import both_engines, engines_with
+from .helpers import ServerThread
 
 pytestmark = pytest.mark.browser
 

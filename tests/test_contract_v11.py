@@ -17,8 +17,9 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from conftest import ServerThread, running
 from martd_asgi import create_app
+
+from .helpers import ServerThread, running
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,10 @@ import anyio
 import httpx
 import pytest
 
-from conftest import ServerThread, require, running, sse
 from martd_asgi import create_app
 from martd_asgi.tokens import mint_token
+
+from .helpers import ServerThread, require, running, sse
 
 pytestmark = pytest.mark.anyio
 

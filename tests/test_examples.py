@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import require, sse
+from .helpers import require, sse
 
 pytestmark = pytest.mark.anyio
 

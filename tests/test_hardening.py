@@ -19,14 +19,15 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from conftest import running, wait_for
 from martd_asgi import create_app
 from martd_asgi.channels import Message
 from martd_asgi.hub import Hub
 from martd_asgi.logs import redact
 from martd_asgi.transports.sse import SSESubscriber
-from opshelpers import uvicorn_process
-from serving import martd_serve
+
+from .helpers import running, wait_for
+from .opshelpers import uvicorn_process
+from .serving import martd_serve
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from martd_asgi import create_app
-from opshelpers import uvicorn_process
+
+from .opshelpers import uvicorn_process
 
 OPENAPI = Path(__file__).parents[1] / "docs" / "openapi.yaml"
 SENTINEL = "zz-sentinel-7f3a9c"

@@ -85,9 +85,10 @@ async def test_websocket_upgrade_leaves_no_http_protocol_for_the_collector() -> 
 
     from websockets.asyncio.client import connect
 
-    from conftest import running
     from martd_asgi import create_app
     from martd_asgi.protocols import HTTP, WEBSOCKET, HTTPProtocol
+
+    from .helpers import running
 
     def left() -> int:
         return sum(1 for o in gc.get_objects() if type(o) is HTTPProtocol)

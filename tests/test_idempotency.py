@@ -12,10 +12,10 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
-from conftest import ServerThread, redis_url, sse
 from martd_asgi import AsyncClient, Client, Unprocessable, create_app
 from martd_asgi.idempotency import IdempotencyTable
-from test_websocket import frame, ws_url
+
+from .helpers import ServerThread, frame, redis_url, sse, ws_url
 
 pytestmark = pytest.mark.anyio
 
@@ -260,7 +260,7 @@ def test_without_retries_the_client_sends_no_key(start: Any) -> None:
 
 @pytest.mark.redis
 async def test_redis_identical_pushes_to_two_processes_store_one() -> None:
-    from test_redis import Martd
+    from .test_redis import Martd
 
     with redis_url() as url:
         procs = [Martd({"MARTD_BACKEND": url}).start() for _ in range(2)]

@@ -13,8 +13,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import ServerThread, free_socket, sse
 from martd_asgi import Settings, create_app
+
+from .helpers import ServerThread, free_socket, sse
 
 pytestmark = pytest.mark.anyio
 

@@ -9,10 +9,11 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import ServerThread, sse, wait_for
 from martd_asgi import create_app
 from martd_asgi.limits import TokenBuckets
-from opshelpers import metric
+
+from .helpers import ServerThread, sse, wait_for
+from .opshelpers import metric
 
 pytestmark = pytest.mark.anyio
 

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from conftest import ServerThread, running, sse
 from martd_asgi import AsyncClient, Client, create_app
 from martd_asgi.client_subscription import Subscription
-from test_websocket import frame, ws_url
+
+from .helpers import ServerThread, frame, running, sse, ws_url
 
 pytestmark = pytest.mark.anyio
 
@@ -214,10 +214,11 @@ def test_subscription_deliveries_carry_event_and_type(server: ServerThread, tran
 
 @pytest.mark.redis
 async def test_redis_event_and_type_cross_processes_live_and_after_catch_up() -> None:
-    from conftest import redis_url, wait_for
     from martd_asgi.backends.base import Event
     from martd_asgi.backends.redis import RedisBackend
     from martd_asgi.channels import Message, PushAttributes
+
+    from .helpers import redis_url, wait_for
 
     with redis_url() as url:
         listener, pusher = RedisBackend(url), RedisBackend(url)

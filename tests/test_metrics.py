@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ServerThread, redis_url, sse
 from martd_asgi import create_app
-from opshelpers import metric, uvicorn_process
+
+from .helpers import ServerThread, redis_url, sse
+from .opshelpers import metric, uvicorn_process
 
 pytestmark = pytest.mark.anyio
 

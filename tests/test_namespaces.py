@@ -15,10 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServerThread, running, sse
 from martd_asgi import create_app
 from martd_asgi.namespaces import parse
 from martd_asgi.tokens import mint_token
+
+from .helpers import ServerThread, running, sse
 
 pytestmark = pytest.mark.anyio
 

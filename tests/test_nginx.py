@@ -31,9 +31,10 @@ import httpx
 import pytest
 import trustme
 
-from conftest import ServerThread, require, running, sse, wait_for
 from martd_asgi import create_app
 from martd_asgi.config import Settings
+
+from .helpers import ServerThread, require, running, sse, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nginx]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import ServerThread, sse
+from .helpers import ServerThread, sse
 
 pytestmark = pytest.mark.anyio
 

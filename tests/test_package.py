@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from conftest import ServerThread, mounted_app, require
 from martd_asgi import create_app
+
+from .helpers import ServerThread, mounted_app, require
 
 ROOT = Path(__file__).resolve().parents[1]
 JS = ROOT / "js"

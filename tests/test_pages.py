@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServerThread, mounted_app, require, sse
 from martd_asgi import create_app
+
+from .helpers import ServerThread, mounted_app, require, sse
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--no-first-run"]

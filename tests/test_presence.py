@@ -13,10 +13,11 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from conftest import SSE, ServerThread, running, sse
 from martd_asgi import AsyncClient, create_app
 from martd_asgi.tokens import mint_token
-from serving import run_martd
+
+from .helpers import SSE, ServerThread, running, sse
+from .serving import run_martd
 
 pytestmark = pytest.mark.anyio
 

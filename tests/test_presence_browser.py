@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from test_browser import (  # noqa: F401  (fixtures)
+from .test_browser import (  # noqa: F401  (fixtures)
     SiteServer,
     connected,
     open_page,

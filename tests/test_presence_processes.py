@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import SSE, redis_url
 from martd_asgi.backends.redis import RedisBackend
 from martd_asgi.channels import PushAttributes
 from martd_asgi.presence import Client, PresenceEvent
-from serving import martd_serve
+
+from .helpers import SSE, redis_url
+from .serving import martd_serve
 
 pytestmark = pytest.mark.anyio
 

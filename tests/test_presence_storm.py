@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving import free_port, martd_serve
+from .serving import free_port, martd_serve
 
 pytestmark = pytest.mark.anyio
 

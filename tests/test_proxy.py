@@ -16,10 +16,11 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from conftest import ServerThread, running, sse
 from martd_asgi import create_app
 from martd_asgi.proxy import ProxyMiddleware
-from serving import Served, free_port, martd_serve
+
+from .helpers import ServerThread, running, sse
+from .serving import Served, free_port, martd_serve
 
 pytestmark = pytest.mark.anyio
 

@@ -16,12 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import free_socket, redis_url, sse, wait_for
 from martd_asgi.backends.base import Control, Event
 from martd_asgi.backends.redis import RedisBackend
 from martd_asgi.channels import Message, PushAttributes, etag_key
 from martd_asgi.errors import Conflict, Unavailable
-from redis_servers import redis_servers
+
+from .helpers import free_socket, redis_url, sse, wait_for
+from .redis_servers import redis_servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -455,3 +456,62 @@ async def test_redis_wrong_typed_key_answers_503_and_is_logged(
             )
         await one._client.delete(one._keys("w")[3])
         await one.detach("w", "c")
+
+
+async def test_redis_subscribers_arriving_together_are_counted_and_refused_as_one_by_one(
+    backend: str,
+) -> None:
+    # Attaches of a channel in the same turn go to Redis as one script: a one2one
+    # channel still lets the first through and refuses the others, and every
+    # count and hold is as if they had come one by one.
+    one, other = RedisBackend(backend), RedisBackend(backend)
+    async with started(one, other):
+        await one.publish("o", "x", PushAttributes(one2one=True), server=True)
+        cids = ["first", "second", "third"]
+        results = await asyncio.gather(
+            *(one.attach("o", cid) for cid in cids), return_exceptions=True
+        )
+        assert results[0] is None
+        assert [type(r) for r in results[1:]] == [Conflict, Conflict]
+        with pytest.raises(Conflict):
+            await other.attach("o", "elsewhere")
+        held = await other.info("o")
+        assert held is not None and held.subscribers == 1
+        await one.publish("open", "x", PushAttributes(), server=True)
+        await asyncio.gather(*(one.attach("open", f"c{i}") for i in range(20)))
+        info = await other.info("open")
+        assert info is not None and info.subscribers == 20
+        # leaving together, and one coming back in the same turn
+        await asyncio.gather(
+            *(one.detach("open", f"c{i}") for i in range(20)), one.attach("open", "c0")
+        )
+        info = await other.info("open")
+        assert info is not None and info.subscribers == 1
+        await one.detach("open", "c0")
+        await one.detach("o", "first")
+        info = await other.info("open")
+        assert info is not None and info.subscribers == 0
+
+
+async def test_redis_history_reads_together_answer_as_alone(backend: str) -> None:
+    one = RedisBackend(backend)
+    async with started(one):
+        etags = [
+            (await one.publish("h", f"m{i}", PushAttributes(size=3), server=True)).etag
+            for i in range(5)
+        ]
+        asks: list[str | None] = [None, "0", etags[0], etags[2], etags[4], "1-0", etags[2]]
+        alone = [await one.history("h", after) for after in asks]
+        together = await asyncio.gather(*(one.history("h", after) for after in asks))
+
+        def seen(found: list[Any]) -> list[Any]:
+            return [
+                ([(m.etag, m.data) for m in h.messages], h.missed, h.last_etag, h.exists)
+                for h in found
+            ]
+
+        assert seen(list(together)) == seen(alone)
+        assert [m.data for m in alone[3].messages] == ["m3", "m4"] and not alone[3].missed
+        assert alone[2].missed  # its message was evicted (size 3)
+        missing = await asyncio.gather(one.history("nothing", "0"), one.history("nothing", None))
+        assert [(h.exists, h.missed) for h in missing] == [(False, False), (False, False)]

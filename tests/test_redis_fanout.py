@@ -13,12 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import SSE, ServerThread, redis_url, sse, wait_for
 from martd_asgi import create_app
 from martd_asgi.backends.base import Control, Event
 from martd_asgi.backends.redis import RedisBackend
 from martd_asgi.channels import PushAttributes
-from redis_servers import redis_servers
+
+from .helpers import SSE, ServerThread, redis_url, sse, wait_for
+from .redis_servers import redis_servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

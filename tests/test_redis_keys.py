@@ -13,7 +13,6 @@ import httpx
 import pytest
 from redis.crc import key_slot
 
-from conftest import redis_url, running, wait_for
 from martd_asgi import create_app
 from martd_asgi.backends import redis_lua
 from martd_asgi.backends.base import Event
@@ -21,9 +20,11 @@ from martd_asgi.backends.redis import RedisBackend
 from martd_asgi.backends.redis_keys import KeyNames
 from martd_asgi.channels import Message, PushAttributes, etag_key
 
+from .helpers import redis_url, running, wait_for
+
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-SCRIPTS = ("PUBLISH", "INFO", "HISTORY", "DELETE", "ATTACH", "DETACH", "REFRESH")
+SCRIPTS = ("PUBLISH", "INFO", "HISTORY", "DELETE", "SYNC", "REFRESH")
 TIME = "  local t = redis.call('TIME')\n  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
 

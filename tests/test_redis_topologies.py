@@ -9,12 +9,13 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from conftest import wait_for
 from martd_asgi.backends.base import Control, Event
 from martd_asgi.backends.redis import RedisBackend
 from martd_asgi.channels import Message, PushAttributes
 from martd_asgi.errors import Conflict
-from redis_servers import RedisServer, redis_servers
+
+from .helpers import wait_for
+from .redis_servers import RedisServer, redis_servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

@@ -15,8 +15,8 @@ import time
 import httpx
 import pytest
 
-from conftest import require
-from opshelpers import UvicornProcess
+from .helpers import require
+from .opshelpers import UvicornProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

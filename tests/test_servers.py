@@ -8,8 +8,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import ServerThread, running
 from martd_asgi import create_app
+
+from .helpers import ServerThread, running
 
 pytestmark = pytest.mark.anyio
 

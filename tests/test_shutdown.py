@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from opshelpers import uvicorn_process
+from .opshelpers import uvicorn_process
 
 pytestmark = pytest.mark.anyio
 

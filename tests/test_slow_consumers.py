@@ -16,8 +16,8 @@ import time
 import httpx
 import pytest
 
-from conftest import wait_for
-from opshelpers import metric, percentile, uvicorn_process
+from .helpers import wait_for
+from .opshelpers import metric, percentile, uvicorn_process
 
 pytestmark = pytest.mark.anyio
 

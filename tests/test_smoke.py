@@ -1,7 +1,7 @@
 import httpx
 import pytest
 
-from conftest import sse
+from .helpers import sse
 
 pytestmark = pytest.mark.anyio
 

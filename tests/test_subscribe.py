@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import SSE, ServerThread, sse
+from .helpers import SSE, ServerThread, sse
 
 pytestmark = pytest.mark.anyio
 
@@ -76,8 +76,8 @@ async def test_longpoll_timeout_is_clamped(make_server: Callable[..., ServerThre
 
 
 @pytest.mark.parametrize("value", ["0", "0.5", "abc", "-3", "nan"])
-async def test_longpoll_rejects_bad_timeout(client: httpx.AsyncClient, value: str) -> None:
-    answer = await client.get(f"/sub/x?timeout={value}")
+async def test_longpoll_rejects_bad_timeout(asgi_client: httpx.AsyncClient, value: str) -> None:
+    answer = await asgi_client.get(f"/sub/x?timeout={value}")
     assert answer.status_code == 400 and answer.json()["error"].startswith("timeout")
 
 
@@ -195,9 +195,9 @@ async def test_longpoll_nonexistent_channel_waits_and_marks_first_delivery_misse
     ],
 )
 async def test_subscribe_rejects_malformed_etags(
-    client: httpx.AsyncClient, query: str, headers: dict[str, str], word: str
+    asgi_client: httpx.AsyncClient, query: str, headers: dict[str, str], word: str
 ) -> None:
-    answer = await client.get(f"/sub/x?{query}", headers=headers)
+    answer = await asgi_client.get(f"/sub/x?{query}", headers=headers)
     assert answer.status_code == 400 and word in answer.json()["error"]
 
 
@@ -211,9 +211,9 @@ async def test_subscribe_rejects_malformed_etags(
     ],
 )
 async def test_subscribe_rejects_bad_channel_lists(
-    client: httpx.AsyncClient, path: str, word: str
+    asgi_client: httpx.AsyncClient, path: str, word: str
 ) -> None:
-    answer = await client.get(path)
+    answer = await asgi_client.get(path)
     assert answer.status_code == 400 and word in answer.json()["error"]
 
 
@@ -388,9 +388,9 @@ async def test_jsonp_wraps_the_long_poll_answer(client: httpx.AsyncClient) -> No
     assert body["channels"]["jp"]["messages"] == [{"etag": etag, "data": "</script><b>\u2028"}]
 
 
-async def test_jsonp_bad_callback_is_json_400(client: httpx.AsyncClient) -> None:
+async def test_jsonp_bad_callback_is_json_400(asgi_client: httpx.AsyncClient) -> None:
     for name in ("alert(1)", "1abc", "a" * 65, "a-b"):
-        answer = await client.get("/sub/jp", params={"callback": name})
+        answer = await asgi_client.get("/sub/jp", params={"callback": name})
         assert answer.status_code == 400
         assert answer.headers["content-type"].startswith("application/json")
         assert "callback" in answer.json()["error"]
@@ -411,10 +411,10 @@ async def test_jsonp_other_errors_are_200_with_status(client: httpx.AsyncClient)
     assert body["status"] == 410 and body["type"] == "deleted"
 
 
-async def test_jsonp_transport_needs_callback(client: httpx.AsyncClient) -> None:
-    answer = await client.get("/sub/x?transport=jsonp")
+async def test_jsonp_transport_needs_callback(asgi_client: httpx.AsyncClient) -> None:
+    answer = await asgi_client.get("/sub/x?transport=jsonp")
     assert answer.status_code == 400 and "callback" in answer.json()["error"]
-    answer = await client.get("/sub/x?transport=carrier-pigeon")
+    answer = await asgi_client.get("/sub/x?transport=carrier-pigeon")
     assert answer.status_code == 400 and "transport" in answer.json()["error"]
 
 

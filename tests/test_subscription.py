@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from conftest import ServerThread
 from martd_asgi.client_subscription import Delivery, Subscription
+
+from .helpers import ServerThread
 
 
 class Relay:

@@ -12,23 +12,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import ServerThread, running
 from martd_asgi import create_app
 
+from .helpers import ServerThread, frame, running, ws_url
+
 pytestmark = pytest.mark.anyio
-
-
-def ws_url(server: ServerThread, path: str) -> str:
-    return server.url.replace("http://", "ws://") + path
-
-
-async def frame(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    """The next frame that is not a keep-alive."""
-    async with asyncio.timeout(timeout):
-        while True:
-            body: dict[str, Any] = json.loads(await ws.recv())
-            if body.get("type") != "ping":
-                return body
 
 
 async def closed_with(ws: ClientConnection, timeout: float = 5.0) -> int | None:

@@ -1,8 +1,12 @@
 """martd_asgi: a push server for the web, as an ASGI application.
 
 ``uvicorn martd_asgi:app`` serves the app built from ``MARTD_*`` variables;
-``create_app(**settings)`` builds another, to serve or mount. ``Client`` and
-``AsyncClient`` push into a running martd over HTTP.
+``create_app(**settings)`` builds another, to serve or mount (``ProxyMiddleware``
+puts it in front of a site, ``build_config`` is what ``martd serve`` runs).
+``Client`` and ``AsyncClient`` push into a running martd over HTTP,
+``Subscription`` reads channels from a script, ``mint_token`` signs a grant.
+Errors are one hierarchy under ``MartdError`` (``errors.py``), whether the server
+raised them in process or the client read them from an answer.
 """
 
 from __future__ import annotations
@@ -13,25 +17,25 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .application import MartdApp, create_app
-    from .client import (
-        AsyncClient,
+    from .client import AsyncClient, ChannelInfo, Client, ClientError, PublishResult, TransportError
+    from .client_subscription import Subscription
+    from .config import Settings
+    from .errors import (
         BadRequest,
-        ChannelInfo,
-        Client,
-        ClientError,
         Conflict,
         Forbidden,
         Gone,
+        MartdError,
         NotFound,
         PayloadTooLarge,
-        PublishResult,
         TooManyRequests,
-        TransportError,
         Unauthorized,
         Unavailable,
         Unprocessable,
     )
-    from .config import Settings
+    from .proxy import ProxyMiddleware
+    from .serve import build_config
+    from .tokens import mint_token
 
 __all__ = [
     "AsyncClient",
@@ -43,10 +47,13 @@ __all__ = [
     "Forbidden",
     "Gone",
     "MartdApp",
+    "MartdError",
     "NotFound",
     "PayloadTooLarge",
+    "ProxyMiddleware",
     "PublishResult",
     "Settings",
+    "Subscription",
     "TooManyRequests",
     "TransportError",
     "Unauthorized",
@@ -54,12 +61,49 @@ __all__ = [
     "Unprocessable",
     "__version__",
     "app",
+    "build_config",
     "create_app",
+    "mint_token",
 ]
 
-# The publisher client and its errors (martd_asgi.client), imported on first use:
-# every public name but the server's own.
-_CLIENT_NAMES = frozenset(__all__) - {"MartdApp", "Settings", "__version__", "app", "create_app"}
+# Where each public name lives; imported on first use, so that importing the
+# package starts nothing and loads neither httpx nor uvicorn.
+_HOMES = {
+    "MartdApp": "application",
+    "create_app": "application",
+    "Settings": "config",
+    "Subscription": "client_subscription",
+    "ProxyMiddleware": "proxy",
+    "build_config": "serve",
+    "mint_token": "tokens",
+    **dict.fromkeys(
+        [
+            "AsyncClient",
+            "ChannelInfo",
+            "Client",
+            "ClientError",
+            "PublishResult",
+            "TransportError",
+        ],
+        "client",
+    ),
+    **dict.fromkeys(
+        [
+            "BadRequest",
+            "Conflict",
+            "Forbidden",
+            "Gone",
+            "MartdError",
+            "NotFound",
+            "PayloadTooLarge",
+            "TooManyRequests",
+            "Unauthorized",
+            "Unavailable",
+            "Unprocessable",
+        ],
+        "errors",
+    ),
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -68,16 +112,9 @@ def __getattr__(name: str) -> Any:
         from .application import default_app
 
         return default_app()
-    if name in ("MartdApp", "create_app"):
-        from . import application as module
+    home = _HOMES.get(name)
+    if home is not None:
+        import importlib
 
-        return getattr(module, name)
-    if name == "Settings":
-        from .config import Settings
-
-        return Settings
-    if name in _CLIENT_NAMES:
-        from . import client
-
-        return getattr(client, name)
+        return getattr(importlib.import_module(f".{home}", __name__), name)
     raise AttributeError(f"module 'martd_asgi' has no attribute {name!r}")

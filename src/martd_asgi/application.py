@@ -21,7 +21,6 @@ from .auth import Authority
 from .authhook import AuthHook
 from .backends import make_backend
 from .backends.base import Backend
-from .channels import check_event, check_name, message_type, parse_push_attributes
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import Forbidden, MartdError, MethodNotAllowed, NotFound
@@ -30,7 +29,6 @@ from .hub import Hub
 from .limits import Limits, configure_backend
 from .metrics import Metrics
 from .transports import publish as pub
-from .transports import websocket
 from .transports.common import (
     CALLBACK_RE,
     Request,
@@ -43,7 +41,6 @@ from .transports.subscribe import subscribe
 from .types import Receive, Scope, Send
 
 STATIC = Path(__file__).parent / "static"
-WebSocketHandler = Callable[..., Awaitable[None]]
 
 
 def _static_file(name: str) -> bytes:
@@ -79,7 +76,6 @@ class MartdApp:
         self.started = False
         self.closing = False
         self.started_at = time.time()
-        self.websocket: WebSocketHandler = websocket.serve
         self._start_lock: asyncio.Lock | None = None
         self._static: dict[str, tuple[bytes, bytes]] = {}
         self._serve: Callable[[Scope, Receive, Send], Awaitable[None]] = self._handle
@@ -173,28 +169,20 @@ class MartdApp:
     ) -> str:
         """Push as a server, in process; returns the new etag.
 
+        The push takes the path of ``POST /pub`` by a server (``transports/publish.py``):
+        the same checks and errors (``martd_asgi.BadRequest`` and the rest of
+        ``errors.py``), the same ``MARTD_MAX_PAYLOAD``, the same counters.
+
         An attribute left out gets its namespace's default, else the global one
         (``size=10``, ``life=3600``, ``one2one=False``). ``event`` names the
         message's event and ``content_type`` becomes its ``type``, as ``?event=``
         and the Content-Type header of ``POST /pub`` do.
         """
         await self.startup()
-        check_name(channel)
-        given = {"size": size, "life": life, "one2one": one2one, "presence": presence}
-        query = {name: str(value).lower() for name, value in given.items() if value is not None}
-        if key is not None:
-            query["key"] = key
-        attrs = self.settings.namespaces.apply(channel, parse_push_attributes(query))
-        result = await self.backend.publish(
-            channel,
-            data,
-            attrs,
-            server=True,
-            event=None if event is None else check_event(event),
-            content_type=message_type(content_type),
+        given = {"size": size, "life": life, "one2one": one2one, "presence": presence, "key": key}
+        result = await pub.push_in_process(
+            self, channel, data, given, event=event, content_type=content_type
         )
-        self.counters["published"] += 1
-        self.counters["published_bytes"] += len(data.encode())
         return result.etag
 
     # ------------------------------------------------------------------ HTTP
@@ -384,7 +372,7 @@ def _method_not_allowed(allowed: str) -> MartdError:
 
 async def _deny_websocket(scope: Scope, send: Send, error: MartdError) -> None:
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = json_bytes(error.body())
+        body = json_bytes(error.as_json())
         await send(
             {
                 "type": "websocket.http.response.start",

@@ -6,7 +6,9 @@ and authenticate with the server ``secret`` or a ``token`` (both sent as
 ``Authorization: Bearer``). Without either, martd decides by the client's
 address (loopback is a server by default).
 
-Every error martd answers is raised as one small class per condition:
+Every error martd answers is raised as one small class per condition, the
+classes of ``errors.py`` (the server raises the same ones; ``ClientError`` is
+``errors.MartdError``), and the client adds only ``TransportError``:
 
     ClientError                .status (None for transport errors), .message, .body
      ├── TransportError        martd could not be reached, or did not answer in time
@@ -45,71 +47,58 @@ from urllib.parse import quote
 
 import httpx
 
+from .errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Gone,
+    MartdError,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    Unprocessable,
+)
+
+__all__ = [
+    "AsyncClient",
+    "BadRequest",
+    "ChannelInfo",
+    "Client",
+    "ClientError",
+    "Conflict",
+    "Forbidden",
+    "Gone",
+    "NotFound",
+    "PayloadTooLarge",
+    "PublishResult",
+    "TooManyRequests",
+    "TransportError",
+    "Unauthorized",
+    "Unavailable",
+    "Unprocessable",
+    "error_for",
+]
+
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 2
 RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_RETRY_WAIT = 5.0
 
 
-class ClientError(Exception):
-    """An error answered by martd (``status`` set) or met on the way (``status`` None)."""
-
-    status: int | None = None
-
-    def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
-        self.body = body
+ClientError = MartdError
+"""The root of the client's errors: ``errors.MartdError`` under its client name."""
 
 
-class TransportError(ClientError):
-    pass
+class TransportError(MartdError):
+    """martd could not be reached, or did not answer in time (``status`` is None)."""
+
+    status = None
 
 
-class BadRequest(ClientError):
-    status = 400
-
-
-class Unauthorized(ClientError):
-    status = 401
-
-
-class Forbidden(ClientError):
-    status = 403
-
-
-class NotFound(ClientError):
-    status = 404
-
-
-class Conflict(ClientError):
-    status = 409
-
-
-class Gone(ClientError):
-    status = 410
-
-
-class PayloadTooLarge(ClientError):
-    status = 413
-
-
-class Unprocessable(ClientError):
-    status = 422
-
-
-class TooManyRequests(ClientError):
-    status = 429
-
-
-class Unavailable(ClientError):
-    status = 503
-
-
-_BY_STATUS: dict[int, type[ClientError]] = {
-    cls.status: cls  # type: ignore[misc,unused-ignore]
+_BY_STATUS: dict[int | None, type[MartdError]] = {
+    cls.status: cls
     for cls in (
         BadRequest,
         Unauthorized,

@@ -1,6 +1,6 @@
 """Errors as values: each condition is one small class with its HTTP status.
 
-    MartdError
+    MartdError                  .status, .message (and .body, the answer, in the client)
      ├── BadRequest        400  malformed input; the message names the field
      ├── Unauthorized      401  a grant is needed and none (or an invalid one) was given
      ├── Forbidden         403  not a server, wrong key, attribute change refused
@@ -11,10 +11,21 @@
      ├── PayloadTooLarge   413
      ├── Unprocessable     422  an Idempotency-Key reused for a different push
      ├── TooManyRequests   429  rate or connection limit
-     └── Unavailable       503  the backend cannot be reached
+     ├── Unavailable       503  the backend cannot be reached
+     └── TransportError         (client only, ``status`` None) martd could not be reached
 
 The HTTP layer turns any of them into ``{"error": message, ...extra}`` with
-the status, in one place (``transports/common.py``).
+the status, in one place (``transports/common.py``). The Python client
+(``client.py``) raises the same classes for martd's answers, so one
+``except martd_asgi.BadRequest`` catches a refusal whether it came over HTTP or
+from ``MartdApp.publish`` in process.
+
+Starting a server (``martd_asgi.serve``) has errors of its own, not HTTP answers;
+``martd serve`` turns them into one line on stderr:
+
+    ServeError
+     ├── SettingError      a setting martd cannot serve with; ``option`` names it
+     └── StartError        the port is taken, no certificate, uvicorn did not start
 """
 
 from __future__ import annotations
@@ -23,14 +34,27 @@ from typing import Any
 
 
 class MartdError(Exception):
-    status = 500
+    """An error martd answers with ``status``; its ``message`` names the field at fault.
 
-    def __init__(self, message: str, **extra: Any) -> None:
+    The same classes are the Python client's (``martd_asgi.BadRequest`` is this
+    module's): there ``status`` is the status martd answered and ``body`` its
+    JSON answer. ``extra`` holds what the answer carries besides the message.
+    """
+
+    status: int | None = 500
+
+    def __init__(
+        self, message: str, *, status: int | None = None, body: Any = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.extra = extra
+        if status is not None:
+            self.status = status
+        self.body = body
 
-    def body(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, Any]:
+        """The JSON answer: ``{"error": message, ...extra}``."""
         extra = {k: v for k, v in self.extra.items() if k not in _HEADERS}
         return {"error": self.message, **extra}
 
@@ -88,3 +112,32 @@ class TooManyRequests(MartdError):
 
 class Unavailable(MartdError):
     status = 503
+
+
+class ServeError(Exception):
+    """martd cannot serve as asked; the message says why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SettingError(ServeError, ValueError):
+    """A setting martd cannot serve with.
+
+    ``option`` is the ``serve()`` keyword at fault (``"port"``, ``"upstream"``), or
+    None when the fault is in a combination of settings or in a ``MARTD_*`` variable.
+    """
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+class StartError(ServeError, RuntimeError):
+    """martd could not start: the address is in use, the certificate cannot be made,
+    or uvicorn stopped before it served (``logged``: uvicorn's log said why already)."""
+
+    def __init__(self, message: str, logged: bool = False) -> None:
+        super().__init__(message)
+        self.logged = logged

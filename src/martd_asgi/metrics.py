@@ -20,7 +20,7 @@ import contextlib
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,7 +37,29 @@ from .channels import Message
 from .errors import MartdError
 
 if TYPE_CHECKING:
-    from .application import MartdApp
+    from .authhook import AuthHook
+    from .backends.base import Backend
+    from .config import Settings
+    from .hub import Hub
+    from .limits import Limits
+
+
+class Observed(Protocol):
+    """What the metrics read of the app (``MartdApp`` is the one implementation)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def hub(self) -> Hub: ...
+    @property
+    def hook(self) -> AuthHook | None: ...
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def counters(self) -> dict[str, int]: ...
+
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 TRANSPORTS = ("sse", "longpoll", "jsonp", "websocket")
@@ -54,7 +76,7 @@ def reason(error: MartdError) -> str:
 class Metrics:
     """The app's metrics: plain counters on the hot path, Prometheus on scrape."""
 
-    def __init__(self, app: MartdApp) -> None:
+    def __init__(self, app: Observed) -> None:
         self.app = app
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import secrets
 import time
@@ -52,6 +53,7 @@ from ..logs import redact
 from ..presence import Client
 from . import redis_lua
 from .base import ChannelInfo, Deliver, PublishResult
+from .redis_batch import Gather
 from .redis_fanout import Fanout
 from .redis_keys import KeyNames
 from .redis_presence import RedisPresence
@@ -137,7 +139,7 @@ class RedisBackend:
         self._client, self._prefix, self._others = connect(url, options)
         from redis.asyncio.cluster import RedisCluster
 
-        cluster = isinstance(self._client, RedisCluster)
+        cluster = self._cluster = isinstance(self._client, RedisCluster)
         self._names = KeyNames(self._prefix, cluster=cluster)
         self._fanout = Fanout(self._client, self._keys, self._names.events, sharded=cluster)
         self._fanout.gone_key = self._names.gone
@@ -153,8 +155,7 @@ class RedisBackend:
         self._info = register(redis_lua.INFO)
         self._history = register(redis_lua.HISTORY)
         self._delete = register(redis_lua.DELETE)
-        self._attach = register(redis_lua.ATTACH)
-        self._detach = register(redis_lua.DETACH)
+        self._sync = register(redis_lua.SYNC)
         self._refresh = register(redis_lua.REFRESH)
         self._presence = RedisPresence(
             self._client,
@@ -171,6 +172,10 @@ class RedisBackend:
         self._conns: dict[str, dict[str, int]] = {}
         self._dirty: set[str] = set()  # channels whose leases need rewriting
         self._detaching = 0
+        # Subscribers of a channel coming and going together: one script each way
+        # (attach and detach: this process's count and the clients' holds; history).
+        self._changes: Gather[tuple[str, bool], tuple[bool, str, str]] = Gather(self._write)
+        self._reads: Gather[str | None, History] = Gather(self._read_histories)
         self._tasks: list[asyncio.Task[None]] = []
         self._counted: tuple[float, int, int] = (-COUNT_EVERY, 0, 0)
         self.published = 0
@@ -186,7 +191,7 @@ class RedisBackend:
         return self._names.idempotency(channel)
 
     def _keys_hsno(self, channel: str) -> list[str]:
-        """h s n o: the KEYS of ATTACH, DETACH, DELETE and REFRESH (no clock)."""
+        """h s n o: the KEYS of SYNC, DELETE and REFRESH (no clock)."""
         keys = self._keys(channel)
         return [keys[0], keys[1], keys[3], keys[4]]
 
@@ -197,7 +202,9 @@ class RedisBackend:
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await script(keys=keys, args=args)
+            if self._cluster:
+                return await script(keys=keys, args=args)
+            return await self._evalsha(script, keys, args)
         except DOWN as exc:
             raise Unavailable("backend: Redis cannot be reached; try again", retry_after=1) from exc
         except rexc.ResponseError as exc:
@@ -206,6 +213,32 @@ class RedisBackend:
             raise Unavailable(
                 "backend: Redis refused the operation; try again", retry_after=1
             ) from exc
+
+    async def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """A script on a pooled connection of a single Redis (or Sentinel's master):
+        the command packed here, sent and answered on the connection, without
+        the client's layers around each command (a third of a push's CPU)."""
+        packed = _pack("EVALSHA", script.sha, len(keys), *keys, *args)
+        pool = self._client.connection_pool
+        for attempt in (1, 2):
+            conn = await pool.get_connection(*_NAMED)
+            try:
+                await conn.send_packed_command(packed)
+                return await conn.read_response()
+            except rexc.NoScriptError:
+                # Not run: Redis restarted (or its scripts were flushed). Load it, again.
+                if attempt == 2:
+                    raise
+            except rexc.ResponseError:
+                raise
+            except BaseException:
+                # A reply may still be on its way: the connection cannot be reused.
+                await conn.disconnect()
+                raise
+            finally:
+                await pool.release(conn)
+            await self._client.script_load(script.script)
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -349,7 +382,18 @@ class RedisBackend:
         self.published += 1
         key = etag_key(etag)
         if data and key is not None:
-            await self._fanout.delivered(channel, key, self._publish_wait)
+            before = etag_key(reply[5]) if reply[5] else None
+            if before is not None and self._fanout.seen.get(channel) == before:
+                # Every earlier message was handed over here: this one goes to the
+                # local subscribers now, not a pub/sub round trip later (its
+                # notification, when it comes, is a repeat and skipped).
+                expires = int(reply[6]) / 1000
+                msg = Message(
+                    channel, key, data, expires, event=event or None, type=content_type or None
+                )
+                self._fanout.hand(msg)
+            else:
+                await self._fanout.delivered(channel, key, self._publish_wait)
         return PublishResult(
             channel=channel,
             etag=etag,
@@ -386,12 +430,24 @@ class RedisBackend:
     # ------------------------------------------------------------- subscribers
 
     async def history(self, channel: str, after: str | None) -> History:
-        key = None if after is None or after == "0" else etag_key(after)
-        ours = key is not None and key[0] < ID_LIMIT and key[1] < ID_LIMIT
-        arg = "" if after is None else (format_etag(key) if ours and key else "0")
-        reply = await self._call(self._history, self._keys_hsn(channel), [arg])
+        return await self._reads.call(channel, after)
+
+    async def _read_histories(self, channel: str, afters: list[str | None]) -> list[History]:
+        """One script for the history reads of a channel that came together."""
+        distinct = list(dict.fromkeys(afters))
+        args = [_history_arg(a) for a in distinct]
+        reply = await self._call(self._history, self._keys_hsn(channel), args)
+        found = {
+            a: self._history_of(channel, a, None if reply is None else reply[i])
+            for i, a in enumerate(distinct)
+        }
+        return [found[a] for a in afters]
+
+    def _history_of(self, channel: str, after: str | None, reply: Any) -> History:
         if reply is None:
             return History([], missed=after not in (None, "0"), last_etag="0", exists=False)
+        key = None if after is None or after == "0" else etag_key(after)
+        ours = key is not None and key[0] < ID_LIMIT and key[1] < ID_LIMIT
         last, given_out, dropped_live, entries = reply
         last_etag = last if last != "0-0" else "0"
         live = []
@@ -419,19 +475,42 @@ class RedisBackend:
         cids = self._conns.setdefault(channel, {})
         cids[cid] = cids.get(cid, 0) + 1
         try:
-            args = [cid, self._node, 1, self._lease_ms]
-            reply = await self._call(self._attach, self._keys_hsno(channel), args)
+            ok, last, presence = await self._changes.call(channel, (cid, True))
         except BaseException:
             self._forget(channel, cid)
             self._dirty.add(channel)
             raise
-        if reply[0] == "conflict":
+        if not ok:
             self._forget(channel, cid)
             raise Conflict(
                 f"channel: {channel!r} is one2one and another client holds it", channel=channel
             )
-        self._fanout.track(channel, etag_key(reply[1]) or ZERO)
-        self._presence.seen(channel, reply[2] == "1")
+        self._fanout.track(channel, etag_key(last) or ZERO)
+        self._presence.seen(channel, presence == "1")
+
+    async def _write(
+        self, channel: str, changes: list[tuple[str, bool]]
+    ) -> list[tuple[bool, str, str]]:
+        """One script for the subscribers of a channel that came and went together:
+        this process's count on it, the holds of the clients that left, and those
+        that attach (refused when a one2one channel is held by another)."""
+        cids = self._conns.get(channel, {})
+        left = dict.fromkeys(cid for cid, joins in changes if not joins)
+        detached = [x for cid in left for x in (cid, cids.get(cid, 0))]
+        attaching = [cid for cid, joins in changes if joins]
+        args = [
+            self._node,
+            sum(cids.values()),
+            self._lease_ms,
+            self._hold_ms,
+            len(left),
+            *detached,
+            *attaching,
+        ]
+        reply = await self._call(self._sync, self._keys_hsno(channel), args)
+        last, presence = reply[0], reply[1]
+        answers = iter(reply[2:])
+        return [(bool(next(answers)) if joins else True, last, presence) for _, joins in changes]
 
     def _forget(self, channel: str, cid: str) -> tuple[int, int]:
         """One connection fewer; returns what is left on this channel and for this cid."""
@@ -450,11 +529,10 @@ class RedisBackend:
         return sum(cids.values()), left
 
     async def detach(self, channel: str, cid: str) -> None:
-        conns, left = self._forget(channel, cid)
-        args = [cid, self._node, conns, left, self._lease_ms, self._hold_ms]
+        self._forget(channel, cid)
         self._detaching += 1
         try:
-            await self._call(self._detach, self._keys_hsno(channel), args)
+            await self._changes.call(channel, (cid, False))
         except Unavailable:
             self._dirty.add(channel)
             raise
@@ -540,6 +618,34 @@ def _idempotency_args(idem: Idempotency | None) -> list[Any]:
     if idem is None:
         return ["", "", 0, IDEMPOTENCY_CAP]
     return [idem.key, idem.fingerprint, max(1, int(idem.ttl * 1000)), IDEMPOTENCY_CAP]
+
+
+def _history_arg(after: str | None) -> str:
+    """HISTORY's argument for a subscriber's etag: '' none, '0' all, or a stream id."""
+    if after is None:
+        return ""
+    key = None if after == "0" else etag_key(after)
+    ours = key is not None and key[0] < ID_LIMIT and key[1] < ID_LIMIT
+    return format_etag(key) if ours and key else "0"
+
+
+def _named() -> tuple[str, ...]:
+    """What a connection pool's get_connection() needs: redis-py before 5.3 a command's
+    name (any), since then nothing (and a name is deprecated)."""
+    param = inspect.signature(aioredis.ConnectionPool.get_connection).parameters.get("command_name")
+    return ("EVALSHA",) if param is not None and param.default is param.empty else ()
+
+
+_NAMED = _named()
+
+
+def _pack(*args: Any) -> bytes:
+    """A command in RESP, as redis-py's encoder makes it (str as UTF-8, int as text)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def _arg(value: Any) -> str:

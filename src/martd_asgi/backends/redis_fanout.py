@@ -117,14 +117,15 @@ class Fanout:
         """Wait (briefly) until a push reached this process's subscribers."""
         if not self.listening or channel not in self.seen or self.seen[channel] >= key:
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         entry = (key, fut)
         self.waiters.setdefault(channel, []).append(entry)
+        late = loop.call_later(timeout, _settle, fut)  # (cheaper than wait_for, on every push)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            pass
+            await fut
         finally:
+            late.cancel()
             waiting = self.waiters.get(channel)
             if waiting and entry in waiting:
                 waiting.remove(entry)
@@ -259,19 +260,19 @@ class Fanout:
         node = self.client.nodes_manager.get_node_from_slot(key_slot(topic.encode()))
         return await self._link(node.name, lambda: Link.shard(node))
 
-    def _on_message(self, link: Link, message: dict[str, Any]) -> None:
-        kind = message["type"]
+    def _on_message(self, link: Link, reply: list[Any]) -> None:
+        kind = reply[0]
         if kind == "message" or kind == "smessage":
             self.heard += 1
-            data = message["data"]
+            data = reply[2]
             if self._held:
-                held = self._held.get(self._topics.get(message["channel"], ""))
+                held = self._held.get(self._topics.get(reply[1], ""))
                 if held is not None:
                     held.append(data)
                     return
             self.handle(data)
         elif kind in ("subscribe", "ssubscribe", "unsubscribe", "sunsubscribe"):
-            self._confirmed(message["channel"])
+            self._confirmed(reply[1])
 
     def _confirmed(self, topic: str) -> None:
         """Redis confirmed a (un)subscription; once all sent are, act on the last."""
@@ -383,3 +384,8 @@ class Fanout:
     async def catch_up(self, channels: list[str]) -> None:
         """Hand over what was pushed while notifications could not reach us."""
         await catch_up(self, channels)
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 PING_AFTER = 5.0  # seconds without traffic before a link checks its connection
 
-Handler = Callable[["Link", dict[str, Any]], None]
+Handler = Callable[["Link", list[Any]], None]
 
 
 class Link:
@@ -66,13 +66,18 @@ class Link:
         await self.pubsub.execute_command(command, *names)
 
     async def read(self, handle: Handler) -> None:
-        """Hand each message to ``handle``, in order, until the connection fails."""
+        """Hand each reply (``[kind, channel, data]``: a message, a confirmation, a
+        pong) to ``handle``, in order, until the connection fails.
+
+        Read straight from the connection, as redis-py's ``get_message`` does
+        underneath, without its layers (health checks, retries, metrics) around
+        every message: each push is a notification read here."""
         heard = pinged = time.monotonic()
-        get = self.pubsub.get_message
+        read = self.pubsub.connection.read_response
         while True:
-            message = await get(timeout=1.0)
+            reply = await read(timeout=1.0, disconnect_on_error=False, push_request=True)
             now = time.monotonic()
-            if message is None:
+            if reply is None:
                 # Quiet: ask, so that a dead peer or a half-open connection shows itself.
                 if now - heard > 3 * PING_AFTER:
                     raise ConnectionError("redis pub/sub: no answer to PING")
@@ -81,7 +86,8 @@ class Link:
                     await self.pubsub.ping()
                 continue
             heard = now
-            handle(self, message)
+            if isinstance(reply, list) and len(reply) >= 2:
+                handle(self, reply)
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):

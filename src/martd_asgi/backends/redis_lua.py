@@ -213,7 +213,8 @@ end
 #   given_size given_life given_one2one lease_ms presence given_presence
 #   event type idem_key idem_fingerprint idem_ttl_ms idem_cap
 # (i ix and the six v1.1 arguments are read from the ends of KEYS and ARGV.)
-# -> {'ok', etag, subscribers, messages, created}  or  {'err', reason}
+# -> {'ok', etag, subscribers, messages, created, before, expiry}  or  {'err', reason}
+#    (before: the channel's previous id when the push notified nothing but its message)
 #    or {'replay', etag, subscribers, messages, created} (the answer to an earlier push)
 PUBLISH = r"""
 local h, s, clock, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -275,7 +276,8 @@ if not server then presence = (had_presence and '1') or '0' end
 -- one2one comes on: on an existing channel, or on one created while clients wait on it
 local switched_on = one2one == '1' and ((exists and cur[3] ~= '1') or (not exists and subs > 0))
 
-local id = next_id(clock, now, exists and redis.call('HGET', h, 'last'))
+local prev = exists and redis.call('HGET', h, 'last')
+local id = next_id(clock, now, prev)
 local x = now + tonumber(life) * 1000
 if ev == '' and ty == '' then
   redis.call('XADD', s, id, 'x', fmt(x), 'd', data)
@@ -353,7 +355,11 @@ if ikey ~= '' then
   redis.call('PEXPIRE', ik, ittl)
   redis.call('PEXPIRE', ix, ittl)
 end
-return {'ok', id, subs, len, created}
+-- The id before this push, when nothing but its message was notified: the
+-- publishing process, having handed that one over, may hand this one at once.
+local before = ''
+if prev and not switched_on and (presence == '1') == had_presence then before = prev end
+return {'ok', id, subs, len, created, before, fmt(x)}
 """
 
 # KEYS h s n -> false | {size, life, one2one, has_key, last, messages, subscribers, presence}
@@ -368,22 +374,34 @@ if v[4] then has_key = 1 end
 return {v[1], v[2], v[3], has_key, v[5] or '0', redis.call('XLEN', s), subs, v[6] or '0'}
 """
 
-# KEYS h s n; ARGV after ('' none, '0' all, or an id)
-# -> false | {last, given_out, dropped_live, entries}
+# KEYS h s n; ARGV after... (each '' none, '0' all, or an id)
+# -> false | {{last, given_out, dropped_live, entries}, ...}: one answer per `after`,
+# so that subscribers coming together from the same etags cost one script
 HISTORY = r"""
 local h, s, n = KEYS[1], KEYS[2], KEYS[3]
-local after = ARGV[1]
 local now = now_ms()
 local exists = alive(h, s, n, now)
 if not exists then return false end
 local v = redis.call('HMGET', h, 'last', 'first', 'dropped', 'droppedl')
 local last, first, dropped, droppedl = v[1] or '0-0', v[2] or '0-0', v[3] or '0-0', v[4] or '0-0'
-if after == '' then return {last, 1, droppedl, {}} end
-if after == '0' then return {last, 1, droppedl, redis.call('XRANGE', s, '-', '+')} end
-local retained = #redis.call('XRANGE', s, after, after) > 0
-local given = retained or (not id_gt(first, after) and not id_gt(after, dropped))
-if not given then return {last, 0, droppedl, redis.call('XRANGE', s, '-', '+')} end
-return {last, 1, droppedl, redis.call('XRANGE', s, '(' .. after, '+')}
+local out = {}
+for i = 1, #ARGV do
+  local after = ARGV[i]
+  if after == '' then
+    out[i] = {last, 1, droppedl, {}}
+  elseif after == '0' then
+    out[i] = {last, 1, droppedl, redis.call('XRANGE', s, '-', '+')}
+  else
+    local retained = #redis.call('XRANGE', s, after, after) > 0
+    local given = retained or (not id_gt(first, after) and not id_gt(after, dropped))
+    if not given then
+      out[i] = {last, 0, droppedl, redis.call('XRANGE', s, '-', '+')}
+    else
+      out[i] = {last, 1, droppedl, redis.call('XRANGE', s, '(' .. after, '+')}
+    end
+  end
+end
+return out
 """
 
 # KEYS h s n o g i ix; ARGV target channel -> 1 deleted, 0 no such channel
@@ -402,54 +420,55 @@ notify(ARGV[1], 'd' .. ARGV[2] .. '\n' .. last)
 return 1
 """
 
-# KEYS h s n o; ARGV cid node delta lease_ms
-# -> {'ok', last, presence} or {'conflict'}
-ATTACH = r"""
+# KEYS h s n o; ARGV node conns lease_ms hold_ms detached cid left ... cid ...
+# This process's subscribers of a channel came and went: `conns` is how many it
+# has now (the attaching ones included), `detached` pairs of a client that left
+# and how many connections it still has here, then the clients attaching, in
+# order. -> {last, presence, ok...} (ok: 1, or 0 when one2one refuses that client)
+SYNC = r"""
 local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local cid, node = ARGV[1], ARGV[2]
-local lease = tonumber(ARGV[4])
+local node, conns = ARGV[1], tonumber(ARGV[2])
+local lease, hold = tonumber(ARGV[3]), tonumber(ARGV[4])
+local detached = tonumber(ARGV[5])
 local now = now_ms()
 local exists = redis.call('EXISTS', h) == 1
-if exists and redis.call('HGET', h, 'one2one') == '1' then
-  local who = holder(o, now)
-  if who and who ~= cid then return {'conflict'} end
-end
-touch_hold(o, cid, now, lease)
-local cur = redis.call('HGET', n, node)
-local conns = 0
-if cur then conns = tonumber(string.sub(cur, 1, string.find(cur, ' ', 1, true) - 1)) end
-set_conns(n, node, conns + tonumber(ARGV[3]), now, lease)
-local last = '0-0'
-if exists then
-  last = redis.call('HGET', h, 'last') or '0-0'
-  set_expiry(h, s, 1, now, lease)
-end
-return {'ok', last, redis.call('HGET', h, 'presence') or '0'}
-"""
-
-# KEYS h s n o; ARGV cid node conns_left_on_node cid_conns_left_on_node lease_ms hold_ms
-DETACH = r"""
-local h, s, n, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local cid, node = ARGV[1], ARGV[2]
-local conns, cid_conns = tonumber(ARGV[3]), tonumber(ARGV[4])
-local lease, hold = tonumber(ARGV[5]), tonumber(ARGV[6])
-local now = now_ms()
-set_conns(n, node, conns, now, lease)
-local exists = redis.call('EXISTS', h) == 1
-if cid_conns <= 0 then
-  local cur = redis.call('HGET', o, cid)
-  if cur and exists and hold > 0 and redis.call('HGET', h, 'one2one') == '1' then
-    local seq = string.sub(cur, 1, string.find(cur, ' ', 1, true) - 1)
-    redis.call('HSET', o, cid, seq .. ' ' .. fmt(now + hold))
-    live_until(o, now + hold, now)
-  elseif cur then
-    redis.call('HDEL', o, cid)
-    tidy_holds(o)
+local one2one = exists and redis.call('HGET', h, 'one2one') == '1'
+for i = 6, 5 + 2 * detached, 2 do
+  local cid, cid_conns = ARGV[i], tonumber(ARGV[i + 1])
+  if cid_conns <= 0 then
+    local cur = redis.call('HGET', o, cid)
+    if cur and one2one and hold > 0 then
+      local seq = string.sub(cur, 1, string.find(cur, ' ', 1, true) - 1)
+      redis.call('HSET', o, cid, seq .. ' ' .. fmt(now + hold))
+      live_until(o, now + hold, now)
+    elseif cur then
+      redis.call('HDEL', o, cid)
+      tidy_holds(o)
+    end
   end
 end
-local alive_now, subs = alive(h, s, n, now)
-if alive_now then set_expiry(h, s, subs, now, lease) end
-return 1
+local out = {'0-0', '0'}
+local who = false
+if one2one then who = holder(o, now) end
+for i = 6 + 2 * detached, #ARGV do
+  local cid = ARGV[i]
+  if who and who ~= cid then
+    out[#out + 1] = 0
+    conns = conns - 1
+  else
+    touch_hold(o, cid, now, lease)
+    if one2one and not who then who = cid end
+    out[#out + 1] = 1
+  end
+end
+set_conns(n, node, conns, now, lease)
+if exists then
+  out[1] = redis.call('HGET', h, 'last') or '0-0'
+  out[2] = redis.call('HGET', h, 'presence') or '0'
+  local alive_now, subs = alive(h, s, n, now)
+  if alive_now then set_expiry(h, s, subs, now, lease) end
+end
+return out
 """
 
 # KEYS h s n o; ARGV node conns lease_ms cid...
@@ -467,6 +486,6 @@ if alive_now then set_expiry(h, s, subs, now, lease) end
 return redis.call('HGET', h, 'presence') or '0'
 """
 
-PUBLISH, INFO, HISTORY, DELETE, ATTACH, DETACH, REFRESH = (
-    COMMON + body for body in (PUBLISH, INFO, HISTORY, DELETE, ATTACH, DETACH, REFRESH)
+PUBLISH, INFO, HISTORY, DELETE, SYNC, REFRESH = (
+    COMMON + body for body in (PUBLISH, INFO, HISTORY, DELETE, SYNC, REFRESH)
 )

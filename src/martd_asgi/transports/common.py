@@ -103,7 +103,7 @@ async def send_json(
 
 
 async def send_error(send: Send, error: MartdError) -> None:
-    await send_json(send, error.status, error.body(), error.headers())
+    await send_json(send, error.status or 500, error.as_json(), error.headers())
 
 
 async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:

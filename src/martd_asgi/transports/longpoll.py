@@ -123,7 +123,7 @@ def jsonp_events(callback: str, payload: Any) -> list[dict[str, Any]]:
 
 
 async def send_jsonp_error(send: Send, callback: str, error: MartdError) -> None:
-    for event in jsonp_events(callback, {**error.body(), "status": error.status}):
+    for event in jsonp_events(callback, {**error.as_json(), "status": error.status}):
         await send(event)
 
 

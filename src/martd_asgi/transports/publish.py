@@ -1,8 +1,15 @@
-"""``/pub/{channel}``: push (POST), channel info (GET), drop (DELETE)."""
+"""``/pub/{channel}``: push (POST), channel info (GET), drop (DELETE); the one push path.
+
+Every push goes through ``store``, which stores and delivers it and counts it:
+``POST /pub`` and a WebSocket ``pub`` frame by way of ``push`` (who may push, the
+limits), ``App.publish`` by way of ``push_in_process`` (a server's push).
+``check_data`` holds the payload rules of a push given as text (a frame's
+``data``, ``App.publish``'s); ``POST /pub`` applies them while reading its body.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import idempotency
 from ..authhook import may_publish
@@ -14,19 +21,17 @@ from ..channels import (
     parse_bool,
     parse_push_attributes,
 )
-from ..errors import Forbidden, MartdError, NotFound
+from ..errors import BadRequest, Forbidden, MartdError, NotFound, PayloadTooLarge
 from ..types import Receive, Send
+from .app import App
 from .common import Request, decode_payload, read_body, send_json
 
 if TYPE_CHECKING:
-    from ..application import MartdApp
     from ..backends.base import PublishResult
     from ..idempotency import Idempotency
 
 
-async def publish(
-    app: MartdApp, request: Request, channel: str, receive: Receive, send: Send
-) -> None:
+async def publish(app: App, request: Request, channel: str, receive: Receive, send: Send) -> None:
     check_name(channel)
     attrs = parse_push_attributes(request.query)
     event = check_event(request.query["event"]) if "event" in request.query else None
@@ -42,7 +47,7 @@ async def publish(
 
 
 async def push(
-    app: MartdApp,
+    app: App,
     request: Request,
     channel: str,
     data: str,
@@ -64,23 +69,93 @@ async def push(
     if not server:
         app.limits.check_push(channel, attrs.key)
     with app.limits.key_attempt(request.scope, request.headers, channel, server):
-        result = await app.backend.publish(
+        return await store(
+            app,
             channel,
             data,
             attrs,
             server=server,
             event=event,
             content_type=content_type,
-            idempotency=idem,
+            idem=idem,
         )
+
+
+async def push_in_process(
+    app: App,
+    channel: str,
+    data: str,
+    given: dict[str, Any],
+    *,
+    event: str | None,
+    content_type: str | None,
+) -> PublishResult:
+    """``MartdApp.publish``: a server's push without a request. ``given`` holds the
+    attributes named (``size``, ``life``, ``one2one``, ``presence``, ``key``); the
+    rest come from the channel's namespace, as for a server's ``POST /pub``."""
+    check_name(channel)
+    check_data(app, data)
+    query = {name: query_text(value) for name, value in given.items() if value is not None}
+    attrs = app.settings.namespaces.apply(channel, parse_push_attributes(query))
+    return await store(
+        app,
+        channel,
+        data,
+        attrs,
+        server=True,
+        event=None if event is None else check_event(event),
+        content_type=message_type(content_type),
+        idem=None,
+    )
+
+
+async def store(
+    app: App,
+    channel: str,
+    data: str,
+    attrs: PushAttributes,
+    *,
+    server: bool,
+    event: str | None,
+    content_type: str | None,
+    idem: Idempotency | None,
+) -> PublishResult:
+    """Store the push and deliver it (the backend), and count it unless it was a replay."""
+    result = await app.backend.publish(
+        channel,
+        data,
+        attrs,
+        server=server,
+        event=event,
+        content_type=content_type,
+        idempotency=idem,
+    )
     if not result.replayed:
         app.counters["published"] += 1
         app.counters["published_bytes"] += len(data.encode()) if not data.isascii() else len(data)
     return result
 
 
+def check_data(app: App, data: str) -> None:
+    """A push's text payload: valid Unicode (JSON can spell a lone surrogate, UTF-8
+    cannot carry one) and within ``MARTD_MAX_PAYLOAD`` bytes."""
+    try:
+        size = len(data.encode())
+    except UnicodeEncodeError:
+        raise BadRequest("data: not valid UTF-8 (a lone surrogate)", field="data") from None
+    if size > app.settings.max_payload:
+        raise PayloadTooLarge(f"payload: larger than {app.settings.max_payload} bytes")
+
+
+def query_text(value: Any) -> str:
+    """An attribute as the query string spells it (``true``, ``10``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 async def rights(
-    app: MartdApp, request: Request, channel: str, attrs: PushAttributes
+    app: App, request: Request, channel: str, attrs: PushAttributes
 ) -> tuple[bool, PushAttributes]:
     """Whether the pusher is a server for ``channel`` (by address, the secret, a
     token or the site's auth hook), and ``attrs`` with the channel's namespace
@@ -93,9 +168,7 @@ async def rights(
     return server, attrs
 
 
-async def _hook_grants_publish(
-    app: MartdApp, request: Request, channel: str, key: str | None
-) -> bool:
+async def _hook_grants_publish(app: App, request: Request, channel: str, key: str | None) -> bool:
     """A browser's push granted by the site's auth hook. With the channel's key the
     push goes on as a key-holder's when the hook refuses or fails."""
     assert app.hook is not None
@@ -114,7 +187,7 @@ async def _hook_grants_publish(
         return False
 
 
-async def info(app: MartdApp, request: Request, channel: str, send: Send) -> None:
+async def info(app: App, request: Request, channel: str, send: Send) -> None:
     check_name(channel)
     app.require_server(request, channel)
     listing = parse_bool("presence", request.query.get("presence", "0"))
@@ -127,7 +200,7 @@ async def info(app: MartdApp, request: Request, channel: str, send: Send) -> Non
     await send_json(send, 200, body)
 
 
-async def delete(app: MartdApp, request: Request, channel: str, send: Send) -> None:
+async def delete(app: App, request: Request, channel: str, send: Send) -> None:
     check_name(channel)
     app.require_server(request, channel)
     if not await app.backend.delete(channel):

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import idempotency
 from ..backends.base import Control
@@ -45,14 +45,12 @@ from ..channels import (
     parse_push_attributes,
 )
 from ..delivery import Subscriber, _uncancel
-from ..errors import BadRequest, MartdError, PayloadTooLarge, Unavailable
+from ..errors import BadRequest, MartdError, Unavailable
 from ..types import CloseReason, Receive, Send
 from . import publish
+from .app import App
 from .common import Request, SubRequest
-from .subscribe import session
-
-if TYPE_CHECKING:
-    from ..application import MartdApp
+from .session import session
 
 PING = {"type": "websocket.send", "text": '{"type":"ping"}'}
 PONG = {"type": "websocket.send", "text": '{"type":"pong"}'}
@@ -130,7 +128,7 @@ async def begin(sub: WebSocketSubscriber, found: list[History], send: Send) -> N
     await sub.drain()
 
 
-async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+async def push(app: App, request: Request, body: dict[str, Any]) -> dict[str, Any]:
     """A ``pub`` frame, handled as ``POST /pub`` would be; returns the answer frame."""
     ident = body.get("id")
     try:
@@ -141,21 +139,22 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
         check_name(channel)
         if not isinstance(data, str):
             raise BadRequest("data: a pub frame carries its payload as a string", field="data")
-        if not _well_formed(data):
-            raise BadRequest("data: not valid UTF-8 (a lone surrogate)", field="data")
-        if len(data.encode()) > app.settings.max_payload:
-            raise PayloadTooLarge(f"payload: larger than {app.settings.max_payload} bytes")
+        publish.check_data(app, data)
         given: dict[str, str] = {
-            name: _text(body[name])
+            name: publish.query_text(body[name])
             for name in ("size", "life", "one2one", "key", "presence")
             if name in body
         }
         attrs = parse_push_attributes(given)
-        event = check_event(_text(body["event"])) if "event" in body else None
-        content_type = message_type(_text(body["content_type"])) if "content_type" in body else None
+        event = check_event(publish.query_text(body["event"])) if "event" in body else None
+        content_type = (
+            message_type(publish.query_text(body["content_type"]))
+            if "content_type" in body
+            else None
+        )
         idem_key = None
         if "idempotency_key" in body:
-            idem_key = idempotency.check_key(_text(body["idempotency_key"]))
+            idem_key = idempotency.check_key(publish.query_text(body["idempotency_key"]))
         ttl = app.settings.idempotency_ttl
         idem = idempotency.make(idem_key, data, attrs, event, content_type, ttl)
         try:
@@ -176,7 +175,7 @@ async def push(app: MartdApp, request: Request, body: dict[str, Any]) -> dict[st
             raise Unavailable("backend: the push could not be stored; try again") from None
     except MartdError as error:
         app.metrics.refused(error)
-        return frame({"type": "error", "id": ident, **error.body(), "status": error.status})
+        return frame({"type": "error", "id": ident, **error.as_json(), "status": error.status})
     return frame({"type": "ack", "id": ident, **result.answer(data)})
 
 
@@ -210,24 +209,7 @@ def _unsendable(value: Any) -> str | None:
     return None
 
 
-def _well_formed(text: str) -> bool:
-    # JSON can spell a lone surrogate ("\ud800"); UTF-8 cannot carry one
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-async def listen(
-    app: MartdApp, request: Request, sub: WebSocketSubscriber, receive: Receive
-) -> None:
+async def listen(app: App, request: Request, sub: WebSocketSubscriber, receive: Receive) -> None:
     """Read the client's frames until it goes or we closed it (cf. Subscriber.wait)."""
     try:
         while True:
@@ -245,7 +227,7 @@ async def listen(
             if problem is not None:
                 ident = body.get("id") if _unsendable(body.get("id")) is None else None
                 error = BadRequest(problem)
-                sub.reply(frame({"type": "error", "id": ident, **error.body(), "status": 400}))
+                sub.reply(frame({"type": "error", "id": ident, **error.as_json(), "status": 400}))
                 continue
             what = body.get("type")
             if what == "pub":
@@ -255,7 +237,7 @@ async def listen(
             else:
                 error = BadRequest("type: a client frame is pub or ping")
                 sub.reply(
-                    frame({"type": "error", "id": body.get("id"), **error.body(), "status": 400})
+                    frame({"type": "error", "id": body.get("id"), **error.as_json(), "status": 400})
                 )
     except asyncio.CancelledError:
         if not sub.closed or sub.handler is not None:
@@ -267,10 +249,8 @@ async def listen(
             sub.lost()
 
 
-async def serve(
-    app: MartdApp, request: Request, req: SubRequest, receive: Receive, send: Send
-) -> None:
-    """The WebSocket handler (``MartdApp.websocket``): the subscribe flow, then listen."""
+async def serve(app: App, request: Request, req: SubRequest, receive: Receive, send: Send) -> None:
+    """The WebSocket handler: the shared session, then the client's frames."""
 
     def make() -> WebSocketSubscriber:
         return WebSocketSubscriber(send, req.channels, req.cid, app.hub)
