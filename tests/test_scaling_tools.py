@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import require
+from .helpers import require
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
