@@ -94,7 +94,15 @@ def upgrade(port: int, path: str) -> bytes:
     )
 
 
-async def test_websocket_subscriber_that_stops_reading_is_cut_and_others_keep_pace() -> None:
+@pytest.mark.parametrize(
+    "protocol",
+    # the light one runs with the uvicorn and websockets releases it was written
+    # for; with any other, WebSocketProtocol is the flow-controlled one
+    ["martd_asgi.protocols:WebSocketProtocol", "martd_asgi.protocols:FlowControlledProtocol"],
+)
+async def test_websocket_subscriber_that_stops_reading_is_cut_and_others_keep_pace(
+    protocol: str,
+) -> None:
     readers, stalled_count, count, size = 20, 5, 300, 4096
     env = {
         "MARTD_SUB_SNDBUF": "32768",
@@ -102,7 +110,8 @@ async def test_websocket_subscriber_that_stops_reading_is_cut_and_others_keep_pa
         "MARTD_SUB_BUFFER_BYTES": str(256 * 1024),
         "MARTD_SUB_STALL": "10",
     }
-    with uvicorn_process(env, *MARTD_SERVE) as server:
+    options = [protocol if arg == WEBSOCKET else arg for arg in MARTD_SERVE]
+    with uvicorn_process(env, *options) as server:
         url = server.url.replace("http://", "ws://") + "/sub/firehose"
         stalled = []
         for _ in range(stalled_count):

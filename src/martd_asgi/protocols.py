@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
+import uvicorn
+import websockets.version
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -50,6 +52,15 @@ except ImportError:  # no httptools: h11 never reads trailers as headers
     from uvicorn.protocols.http.h11_impl import (  # type: ignore[assignment]
         RequestResponseCycle as _Cycle,
     )
+
+# The quick handshake and the lighter WebSocket connection copy what uvicorn's
+# protocol sets up, and reach into websockets' connection state: they are used
+# with the releases they were written and tested against. With any other release
+# martd's protocols keep only what works through the public parts (the trailer
+# fix, the read pause while writes cannot keep up, martd's own frame writes).
+LIGHT_WEBSOCKET = uvicorn.__version__.startswith("0.55.") and websockets.version.version.startswith(
+    ("16.", "17.")
+)
 
 HTTP = "martd_asgi.protocols:HTTPProtocol"
 WEBSOCKET = "martd_asgi.protocols:WebSocketProtocol"
@@ -92,9 +103,7 @@ class HTTPProtocol(_HTTP):
 
     def handle_websocket_upgrade(self) -> None:
         ws = self.ws_protocol_class
-        if not (
-            isinstance(ws, type) and issubclass(ws, WebSocketProtocol) and hasattr(self, "url")
-        ):
+        if not (isinstance(ws, type) and issubclass(ws, LightProtocol) and hasattr(self, "url")):
             super().handle_websocket_upgrade()
         else:  # as uvicorn does, but the handshake read from what httptools parsed
             self.connections.discard(self)
@@ -201,8 +210,36 @@ class _Flag:
         return True
 
 
-class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol; reads pause while writes cannot keep up.
+class FlowControlledProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol; reads pause while writes cannot keep up."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.write_full = False
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.write_full = True
+        if not self.read_paused:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.write_full = False
+        if not self.read_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    async def receive(self) -> Any:
+        message = await self.queue.get()
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            if not self.write_full:
+                self.transport.resume_reading()
+        return message
+
+
+class LightProtocol(FlowControlledProtocol):
+    """``FlowControlledProtocol``, lighter and with a quicker handshake.
 
     An idle connection holds less: a list for the client's messages instead of
     an ``asyncio.Queue``, a flag instead of an ``asyncio.Event``, and neither
@@ -220,7 +257,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     initial_response = pending_ping_payload = None
     ping_sent_at = last_ping_rtt = 0.0
     curr_msg_data_type = "bytes"
-    read_paused = write_full = False
+    read_paused = False
+    write_full = False
     accept_key: bytes | None = None  # a quick handshake, until accepted
     early: list[bytes] | None = None  # what came before the accept, then
     server = client = None
@@ -389,25 +427,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
             self.data_received(b"".join(early))
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self.write_full = True
-        if not self.read_paused:
-            self.transport.pause_reading()
 
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self.write_full = False
-        if not self.read_paused and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    async def receive(self) -> Any:
-        message = await self.queue.get()
-        if self.read_paused and self.queue.empty():
-            self.read_paused = False
-            if not self.write_full:
-                self.transport.resume_reading()
-        return message
+WebSocketProtocol: type[FlowControlledProtocol] = (
+    LightProtocol if LIGHT_WEBSOCKET else FlowControlledProtocol
+)
 
 
 def frame_protocol(send: Any) -> WebSocketsSansIOProtocol | None:
