@@ -59,7 +59,7 @@ except ImportError:  # no httptools: h11 never reads trailers as headers
 # martd's protocols keep only what works through the public parts (the trailer
 # fix, the read pause while writes cannot keep up, martd's own frame writes).
 LIGHT_WEBSOCKET = uvicorn.__version__.startswith("0.55.") and websockets.version.version.startswith(
-    ("16.", "17.")
+    "17."
 )
 
 HTTP = "martd_asgi.protocols:HTTPProtocol"
