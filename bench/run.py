@@ -196,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         "--martd-app", default="martd_asgi:app", help="ASGI app uvicorn serves as martd"
     )
     parser.add_argument(
+        "--stock-protocols",
+        action="store_true",
+        help="run martd's variants on uvicorn's default protocols, not those `martd serve` pins",
+    )
+    parser.add_argument(
         "--src",
         type=Path,
         default=ROOT / "src",

@@ -136,11 +136,18 @@ def start_martd(opts: argparse.Namespace, variant: str, logdir: Path) -> Server:
         str(port),
         "--loop",
         "uvloop",
-        # the protocols `martd serve` pins (httptools and websockets-sansio underneath)
-        "--http",
-        "martd_asgi.protocols:HTTPProtocol",
-        "--ws",
-        "martd_asgi.protocols:WebSocketProtocol",
+        # the protocols `martd serve` pins (httptools and websockets-sansio underneath),
+        # or uvicorn's own choice with --stock-protocols
+        *(
+            ["--http", "auto", "--ws", "auto"]
+            if getattr(opts, "stock_protocols", False)
+            else [
+                "--http",
+                "martd_asgi.protocols:HTTPProtocol",
+                "--ws",
+                "martd_asgi.protocols:WebSocketProtocol",
+            ]
+        ),
         "--ws-per-message-deflate",
         "false",
         "--no-proxy-headers",  # martd reads X-Forwarded-For itself (MARTD_TRUSTED_PROXIES)
