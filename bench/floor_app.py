@@ -127,8 +127,8 @@ async def subscribe(
             await send(SSE_FIRST)
         subs = _streams.setdefault(channel, set())
     else:
-        etag = header(scope, b"if-none-match")
-        etag = etag.strip(b'"').decode() if etag is not None else None
+        tag = header(scope, b"if-none-match")
+        etag = tag.strip(b'"').decode() if tag is not None else None
         query = scope["query_string"].decode()
         for part in query.split("&") if query else ():
             if part.startswith("etag="):
