@@ -2,7 +2,7 @@
 
 It speaks only as much of martd's wire format (docs/protocol.md) as the bench's
 load generator checks (bench/clients.py, bench/scenarios.py), so that
-``python bench/run.py --martd-app floor_app:app`` measures what uvicorn itself
+``python bench/run.py --martd-app bench.floor_app:app`` measures what uvicorn itself
 costs on each row, with next to no application code on top:
 
 - ``POST /pub/NAME``: takes the body as the message, gives it an etag from a
