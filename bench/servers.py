@@ -136,8 +136,14 @@ def start_martd(opts: argparse.Namespace, variant: str, logdir: Path) -> Server:
         str(port),
         "--loop",
         "uvloop",
+        # the protocols `martd serve` pins (httptools and websockets-sansio underneath)
         "--http",
-        "httptools",
+        "martd_asgi.protocols:HTTPProtocol",
+        "--ws",
+        "martd_asgi.protocols:WebSocketProtocol",
+        "--ws-per-message-deflate",
+        "false",
+        "--no-proxy-headers",  # martd reads X-Forwarded-For itself (MARTD_TRUSTED_PROXIES)
         "--no-access-log",
         "--workers",
         workers,

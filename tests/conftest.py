@@ -27,7 +27,12 @@ BACKENDS = ["memory", "redis"]
 
 # `make test` runs the suite on several pytest-xdist workers. The tests that measure
 # time or load the machine on purpose share one worker, so they never overlap each other.
-TIMING = {"test_shutdown.py", "test_slow_consumers.py", "test_rolling_restart.py"}
+TIMING = {
+    "test_shutdown.py",
+    "test_slow_consumers.py",
+    "test_rolling_restart.py",
+    "test_scaling_tools.py",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups

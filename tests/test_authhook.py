@@ -345,7 +345,8 @@ async def test_authhook_unreachable_site_gives_503(site: tuple[Site, ServerThrea
 async def test_authhook_one_call_for_100_subscriptions_with_the_same_cookie(
     site: tuple[Site, ServerThread],
 ) -> None:
-    async with hooked(site, poll_timeout=1) as (hook, client, server):
+    # the held answer must outlast 100 requests arriving on a busy machine
+    async with hooked(site, poll_timeout=1, auth_timeout=10.0) as (hook, client, server):
         await client.post("/pub/room.2", content="x", headers=AS_SERVER)
 
         async def subscribe(headers: dict[str, str], channel: str = "user:alice") -> int:
@@ -361,7 +362,7 @@ async def test_authhook_one_call_for_100_subscriptions_with_the_same_cookie(
         carol = {"cookie": "session=s-alice-7f3a9c; tab=2"}
         hook.held.set()
         crowd = asyncio.gather(*(subscribe(carol) for _ in range(100)))
-        await wait_for(lambda: server.app.hook.counters["joined"] == 99)
+        await wait_for(lambda: server.app.hook.counters["joined"] == 99, timeout=10.0)
         hook.held.clear()
         assert await crowd == [200] * 100
         assert len(hook.calls) == 2

@@ -15,6 +15,7 @@ marks cross-site (``Sec-Fetch-Site``) unless its ``Origin`` is one of
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -38,7 +39,9 @@ from .tokens import (
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_ip(text: str) -> Address | None:
+    # cached: every request reads its peer's address, and clients come back
     text = text.strip().strip('"')
     if text.startswith("["):  # [v6]:port
         text = text[1 : text.find("]")] if "]" in text else text[1:]
@@ -177,6 +180,7 @@ class Authority:
             origin.rstrip("/") for origin in settings.cors_origins if origin != "*"
         )
         self._cache: OrderedDict[str, Grants] = OrderedDict()
+        self._allowed: dict[Address, bool] = {}  # by address: within settings.allow
         self.any_private_namespace = any(ns.private for ns in settings.namespaces.values())
         signing = settings.signing_secret
         if signing is not None and len(signing.encode()) < MIN_SECRET_BYTES:
@@ -205,8 +209,14 @@ class Authority:
     ) -> bool:
         """A server by address or secret (any channel), or by a grant for ``channel``."""
         address = self.address(scope, headers)
-        if address is not None and _within(address, self.settings.allow):
-            return True
+        if address is not None:
+            allowed = self._allowed.get(address)
+            if allowed is None:
+                if len(self._allowed) >= 4096:
+                    self._allowed.clear()
+                allowed = self._allowed[address] = _within(address, self.settings.allow)
+            if allowed:
+                return True
         if self.has_secret(headers):
             return True
         if channel is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BadRequest
+from .wsframe import Outgoing
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.:@~\-]{1,128}\Z")
 ETAG_RE = re.compile(r"[A-Za-z0-9._\-]{1,64}\Z")
@@ -307,8 +308,8 @@ def _sse_single(msg: Message) -> dict[str, Any]:
 
 
 def _ws_frame(msg: Message) -> dict[str, Any]:
-    text = json.dumps({"channel": msg.channel, **msg.as_json()}, ensure_ascii=False)
-    return {"type": "websocket.send", "text": text}
+    # with the frame's bytes, shared by every WebSocket subscriber (wsframe.py)
+    return Outgoing(json.dumps({"channel": msg.channel, **msg.as_json()}, ensure_ascii=False))
 
 
 def _sse_data(msg: Message) -> bytes:

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .wsframe import Outgoing
+
 if TYPE_CHECKING:
     from .delivery import Subscriber
 
@@ -76,7 +78,7 @@ class PresenceEvent:
         if made is None:
             text = json.dumps(self.body(), ensure_ascii=False)
             if transport == "websocket":
-                made = {"type": "websocket.send", "text": text}
+                made = Outgoing(text)
             else:
                 data = f"event: martd\ndata: {text}\n\n".encode()
                 made = {"type": "http.response.body", "body": data, "more_body": True}

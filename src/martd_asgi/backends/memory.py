@@ -316,10 +316,14 @@ class MemoryBackend:
         last_etag = format_etag(current.last)
         if after is None:
             return History([], missed=False, last_etag=last_etag, exists=True)
-        live = [m for m in current.messages if not m.empty]
+        key = etag_key(after)
+        messages = current.messages
+        if messages and key is not None and messages[-1].key == key:
+            # from the newest message (a poll that keeps up): nothing to send
+            return History([], missed=current.dropped_live > key, last_etag=last_etag, exists=True)
+        live = [m for m in messages if not m.empty]
         if after == "0":
             return History(live, missed=False, last_etag=last_etag, exists=True)
-        key = etag_key(after)
         retained = key is not None and any(m.key == key for m in current.messages)
         given_out = retained or (
             key is not None

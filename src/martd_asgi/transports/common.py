@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 
 from ..channels import check_etag, parse_channels
 from ..errors import BadRequest, MartdError, PayloadTooLarge
+from ..protocols import joined_writes
 from ..types import Receive, Scope, Send
 
 _anonymous = itertools.count(1)
@@ -98,8 +99,9 @@ async def send_json(
     body: Any,
     headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
 ) -> None:
-    for event in response_events(status, json_bytes(body), b"application/json", headers):
-        await send(event)
+    with joined_writes(send):  # the head and the body: one write
+        for event in response_events(status, json_bytes(body), b"application/json", headers):
+            await send(event)
 
 
 async def send_error(send: Send, error: MartdError) -> None:

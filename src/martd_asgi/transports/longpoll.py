@@ -17,6 +17,7 @@ from ..backends.base import Control
 from ..channels import History, Message, etag_key
 from ..delivery import Subscriber
 from ..errors import MartdError
+from ..protocols import joined_writes
 from ..types import CloseReason, Send
 from .common import json_bytes, response_events
 
@@ -65,6 +66,10 @@ class LongPollSubscriber(Subscriber):
             if newest is None or msg.key > newest:
                 group["etag"] = msg.etag
         self.answer(200, {"channels": self.every(groups)}, groups)
+
+    def finish(self, events: list[dict[str, Any]]) -> None:
+        with joined_writes(self.send):  # the answer's head and body: one write
+            super().finish(events)
 
     def every(self, groups: dict[str, Group]) -> dict[str, Group]:
         """``groups`` with an entry for every requested channel, in their order."""

@@ -19,12 +19,14 @@ from typing import Any
 from ..backends.base import Control
 from ..channels import History, Message
 from ..delivery import Subscriber
+from ..protocols import joined_writes
 from ..types import CloseReason, Send
 from .common import NO_CACHE
 
 RETRY_MS = 2000
 SHUTDOWN_RETRY_MS = 1000
 PING = {"type": "http.response.body", "body": b":\n\n", "more_body": True}
+RETRY = f"retry: {RETRY_MS}\n\n".encode()
 HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), *NO_CACHE]
 
 
@@ -114,13 +116,14 @@ async def begin(
             (given[i] or "0") if h.messages else h.last_etag for i, h in enumerate(histories)
         ]
     headers = [*HEADERS, (b"connection", b"close")] if close else HEADERS
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    chunks = [f"retry: {RETRY_MS}\n\n".encode()]
+    chunks = [RETRY]
     for index, history in enumerate(histories):
         if history.missed and history.exists:
             chunks.append(control_frame("missed", channels[index]))
     for index, history in enumerate(histories):
         for msg in sub.fresh(history.messages):
             chunks.append(sub.frame(msg, index))
-    await send(body(b"".join(chunks)))
+    with joined_writes(send):  # the head and the first lines: one write
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(body(b"".join(chunks)))
     await sub.drain()

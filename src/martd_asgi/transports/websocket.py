@@ -34,7 +34,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .. import idempotency
+from .. import idempotency, wsframe
 from ..backends.base import Control
 from ..channels import (
     History,
@@ -46,14 +46,15 @@ from ..channels import (
 )
 from ..delivery import Subscriber, _uncancel
 from ..errors import BadRequest, MartdError, Unavailable
+from ..protocols import frame_protocol, write_frames
 from ..types import CloseReason, Receive, Send
 from . import publish
 from .app import App
 from .common import Request, SubRequest
 from .session import session
 
-PING = {"type": "websocket.send", "text": '{"type":"ping"}'}
-PONG = {"type": "websocket.send", "text": '{"type":"pong"}'}
+PING = wsframe.Outgoing('{"type":"ping"}')
+PONG = wsframe.Outgoing('{"type":"pong"}')
 CLOSE_CODES = {"kicked": 4409, "deleted": 4410}
 SHUTDOWN = 1012
 POLICY = 1008
@@ -72,9 +73,37 @@ def close(code: int, reason: str = "") -> dict[str, Any]:
 
 
 class WebSocketSubscriber(Subscriber):
-    __slots__ = ()
+    __slots__ = ("wire",)
     transport = "websocket"
     stream = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # the connection, where martd writes frames itself (protocols.write_frames)
+        self.wire = frame_protocol(self.send)
+
+    def flush(self) -> None:
+        """The frames of this loop turn, as one write where martd may write frames.
+
+        A message's frame is made once and its bytes shared by every subscriber;
+        what cannot go that way (a close, a full buffer) goes through ``send``.
+        """
+        wire, events = self.wire, self.pending
+        if wire is None or not events or self.busy:
+            super().flush()
+            return
+        chunks = []
+        for event in events:
+            data = wsframe.wire(event)
+            if data is None:
+                break
+            chunks.append(data)
+        if chunks and write_frames(wire, chunks[0] if len(chunks) == 1 else b"".join(chunks)):
+            if len(chunks) == len(events):
+                self.pending = None
+                return
+            del events[: len(chunks)]
+        super().flush()
 
     def emit(self, msg: Message, index: int) -> None:
         if self.missed and msg.channel in self.missed:
@@ -260,4 +289,5 @@ async def serve(app: App, request: Request, req: SubRequest, receive: Receive, s
             return
         sub, found = started
         await begin(sub, found, send)
+        request.forget()  # parsed again, on demand, for a pub frame
         await listen(app, request, sub, receive)
