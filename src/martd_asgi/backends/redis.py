@@ -58,6 +58,7 @@ from .redis_fanout import Fanout
 from .redis_keys import KeyNames
 from .redis_line import AVAILABLE as LINE_AVAILABLE
 from .redis_line import Line
+from .redis_line import pack as _pack
 from .redis_presence import RedisPresence
 
 log = logging.getLogger("martd.redis")
@@ -657,15 +658,6 @@ def _named() -> tuple[str, ...]:
 
 
 _NAMED = _named()
-
-
-def _pack(*args: Any) -> bytes:
-    """A command in RESP, as redis-py's encoder makes it (str as UTF-8, int as text)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
 
 
 def _arg(value: Any) -> str:

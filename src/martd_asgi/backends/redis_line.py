@@ -200,3 +200,12 @@ class Line:
         wire, self._wire = self._wire, None
         if wire is not None:
             wire.fail(rexc.ConnectionError("redis: closed"))
+
+
+def pack(*args: Any) -> bytes:
+    """A command in RESP, as redis-py's encoder makes it (str as UTF-8, int as text)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
