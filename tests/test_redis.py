@@ -515,3 +515,45 @@ async def test_redis_history_reads_together_answer_as_alone(backend: str) -> Non
         assert alone[2].missed  # its message was evicted (size 3)
         missing = await asyncio.gather(one.history("nothing", "0"), one.history("nothing", None))
         assert [(h.exists, h.missed) for h in missing] == [(False, False), (False, False)]
+
+
+async def test_redis_pushes_of_one_turn_share_a_connection_and_each_gets_its_own_answer(
+    backend: str,
+) -> None:
+    one = RedisBackend(backend)
+    async with started(one):
+        results = await asyncio.gather(
+            *(
+                one.publish(f"turn{i % 3}", f"m{i}", PushAttributes(size=20), server=True)
+                for i in range(60)
+            )
+        )
+        for i, result in enumerate(results):
+            assert result.channel == f"turn{i % 3}"
+        for c in range(3):
+            etags = [r.etag for i, r in enumerate(results) if i % 3 == c]
+            keys = [etag_key(e) for e in etags]
+            assert keys == sorted(keys) and len(set(etags)) == 20  # in call order, none twice
+            history = await one.history(f"turn{c}", "0")
+            assert [m.data for m in history.messages] == [f"m{i}" for i in range(c, 60, 3)]
+            await one.delete(f"turn{c}")
+
+
+async def test_redis_that_stops_answering_fails_pushes_in_time_then_serves_again() -> None:
+    with redis_servers() as servers:
+        server = servers.server()
+        one = RedisBackend(server.url, timeout=0.5)
+        async with started(one):
+            await one.publish("stall", "before", PushAttributes(), server=True)
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                with pytest.raises(Unavailable):
+                    await one.publish("stall", "lost?", PushAttributes(), server=True)
+                assert time.monotonic() - t0 < 3.0
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            result = await one.publish("stall", "after", PushAttributes(), server=True)
+            history = await one.history("stall", "0")
+            assert history.messages[-1].data == "after" and history.last_etag == result.etag

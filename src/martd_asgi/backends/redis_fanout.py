@@ -302,7 +302,9 @@ class Fanout:
         if kind == "m":
             channel, etag, expires, data = raw[1:].split("\n", 3)
             key = etag_key(etag)
-            if key is not None:
+            seen = self.seen.get(channel)
+            # (none made for a repeat, e.g. a push this process handed over itself)
+            if key is not None and (seen is None or key > seen):
                 self.hand(Message(channel, key, data, int(expires) / 1000))
         elif kind == "M":  # v1.1: a message with an event name or a type
             channel, etag, expires, event, ctype, data = raw[1:].split("\n", 5)
