@@ -964,20 +964,25 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
-def main() -> None:
-    stop_on_sigterm()
-    args = parse()
-    result = measure(args)
-    print(table(result))
+def report(result: dict[str, Any], text: str, out: Path | None) -> None:
+    """Print the table and the JSON line, write ``out``; exit non-zero on any loss."""
+    print(text)
     print()
     print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if out:
+        out.write_text(json.dumps(result, indent=1) + "\n")
     checks = result["checks"]
     if checks["lost"] or checks["duplicated"] or checks["refused"]:
         sys.exit(
             f"lost {checks['lost']}, duplicated {checks['duplicated']}, refused {checks['refused']}"
         )
+
+
+def main() -> None:
+    stop_on_sigterm()
+    args = parse()
+    result = measure(args)
+    report(result, table(result), args.json)
 
 
 if __name__ == "__main__":

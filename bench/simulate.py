@@ -425,16 +425,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
     }
     result["costs"] = measured  # bench/capacity.py reads this file as well
-    print(table(result))
-    print()
-    print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    checks = result["checks"]
-    if checks["lost"] or checks["duplicated"] or checks["refused"]:
-        sys.exit(
-            f"lost {checks['lost']}, duplicated {checks['duplicated']}, refused {checks['refused']}"
-        )
+    kit.report(result, table(result), args.json)
 
 
 if __name__ == "__main__":

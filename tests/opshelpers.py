@@ -15,6 +15,13 @@ from collections.abc import Iterator
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+# the protocols and WebSocket options `martd serve` pins, as uvicorn options
+MARTD_SERVE = (
+    "--http", "martd_asgi.protocols:HTTPProtocol",
+    "--ws", "martd_asgi.protocols:WebSocketProtocol",
+    "--ws-per-message-deflate", "false",
+)  # fmt: skip
+
 
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample in a Prometheus text exposition (0 when absent)."""

@@ -16,15 +16,10 @@ import time
 import httpx
 import pytest
 
-from .opshelpers import uvicorn_process
+from .opshelpers import MARTD_SERVE, uvicorn_process
 
 pytestmark = pytest.mark.anyio
 
-MARTD_SERVE = (
-    "--http", "martd_asgi.protocols:HTTPProtocol",
-    "--ws", "martd_asgi.protocols:WebSocketProtocol",
-    "--ws-per-message-deflate", "false",
-)  # fmt: skip
 
 
 def read_until(sock: socket.socket, count: bytes, times: int) -> bytes:

@@ -29,15 +29,10 @@ from martd_asgi.protocols import HTTP, WEBSOCKET
 from martd_asgi.wsframe import BINARY, frame
 
 from .helpers import ServerThread, running
-from .opshelpers import metric, uvicorn_process
+from .opshelpers import MARTD_SERVE, metric, uvicorn_process
 
 pytestmark = pytest.mark.anyio
 
-MARTD_SERVE = (
-    "--http", "martd_asgi.protocols:HTTPProtocol",
-    "--ws", "martd_asgi.protocols:WebSocketProtocol",
-    "--ws-per-message-deflate", "false",
-)  # fmt: skip
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
