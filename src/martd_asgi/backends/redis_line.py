@@ -173,33 +173,42 @@ class Line:
             return wire
 
     def _take(self, conn: Any) -> _Wire:
-        reader, writer = conn._reader, conn._writer
-        if reader is None or writer is None:
-            raise rexc.ConnectionError("redis: not connected")
-        if getattr(reader, "_buffer", b""):
+        if getattr(conn._reader, "_buffer", b""):
             raise rexc.ConnectionError("redis: unexpected data after connecting")
-        encoder = conn.encoder
-        options: dict[str, Any] = {
-            "protocolError": rexc.InvalidResponse,
-            "replyError": conn._parser.parse_error,
-        }
-        if encoder.decode_responses:
-            options["encoding"] = encoder.encoding
-            options["errors"] = encoder.encoding_errors
-        wire = _Wire(hiredis.Reader(**options), self._timeout)
-        transport = writer.transport
-        transport.set_protocol(wire)
-        wire.connection_made(transport)
-        # The socket is this line's now: redis-py's connection object lets go of it
-        # (the stream objects stay referenced: a collected StreamWriter closes it).
-        wire.streams = (reader, writer)
-        conn._reader = conn._writer = None
+        wire = _Wire(reply_reader(conn), self._timeout)
+        take_over(conn, wire)
         return wire
 
     async def aclose(self) -> None:
         wire, self._wire = self._wire, None
         if wire is not None:
             wire.fail(rexc.ConnectionError("redis: closed"))
+
+
+def reply_reader(conn: Any) -> Any:
+    """A hiredis reader that parses replies as redis-py's connection ``conn`` would."""
+    options: dict[str, Any] = {
+        "protocolError": rexc.InvalidResponse,
+        "replyError": conn._parser.parse_error,
+    }
+    if conn.encoder.decode_responses:
+        options["encoding"] = conn.encoder.encoding
+        options["errors"] = conn.encoder.encoding_errors
+    return hiredis.Reader(**options)
+
+
+def take_over(conn: Any, protocol: Any) -> None:
+    """Make ``protocol`` (with a ``streams`` slot) own the socket of redis-py's
+    connected ``conn``; ``conn`` lets go of it. The stream objects stay referenced
+    by ``protocol``: a collected StreamWriter would close the socket."""
+    reader, writer = conn._reader, conn._writer
+    if reader is None or writer is None:
+        raise rexc.ConnectionError("redis: not connected")
+    transport = writer.transport
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    protocol.streams = (reader, writer)
+    conn._reader = conn._writer = None
 
 
 def pack(*args: Any) -> bytes:

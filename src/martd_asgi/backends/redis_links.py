@@ -28,10 +28,7 @@ from redis import exceptions as rexc
 from redis._parsers import hiredis as _hiredis_parsers
 
 from .redis_line import AVAILABLE as HIREDIS
-from .redis_line import pack
-
-if HIREDIS:
-    import hiredis
+from .redis_line import pack, reply_reader, take_over
 
 # what redis-py's hiredis reader answers for an incomplete reply
 _NOT_ENOUGH_DATA = getattr(_hiredis_parsers, "NOT_ENOUGH_DATA", False)
@@ -145,17 +142,9 @@ class _Wire(asyncio.Protocol):
 
     @classmethod
     def take(cls, conn: Any) -> _Wire:
-        reader, writer = conn._reader, conn._writer
-        if reader is None or writer is None:
+        if conn._reader is None or conn._writer is None:
             raise rexc.ConnectionError("redis pub/sub: not connected")
-        options: dict[str, Any] = {
-            "protocolError": rexc.InvalidResponse,
-            "replyError": conn._parser.parse_error,
-        }
-        if conn.encoder.decode_responses:
-            options["encoding"] = conn.encoder.encoding
-            options["errors"] = conn.encoder.encoding_errors
-        wire = cls(hiredis.Reader(**options))
+        wire = cls(reply_reader(conn))
         # What redis-py read already and did not hand over yet comes first.
         parsed = getattr(conn._parser, "_reader", None)
         while parsed is not None and parsed.has_data():
@@ -164,13 +153,8 @@ class _Wire(asyncio.Protocol):
                 break
             if isinstance(reply, list) and len(reply) >= 2:
                 wire.early.append(reply)
-        pending = bytes(getattr(reader, "_buffer", b""))
-        transport = writer.transport
-        transport.set_protocol(wire)
-        wire.connection_made(transport)
-        # Ours now; the streams stay referenced (a collected StreamWriter closes the socket).
-        wire.streams = (reader, writer)
-        conn._reader = conn._writer = None
+        pending = bytes(getattr(conn._reader, "_buffer", b""))
+        take_over(conn, wire)
         if pending:
             wire.data_received(pending)
         return wire
