@@ -23,6 +23,26 @@ MARTD_SERVE = (
 )  # fmt: skip
 
 
+def run_tool(command: list[str], timeout: float = 120) -> str:
+    """Run a bench tool to its end and return its output; it must exit 0. On a
+    timeout it is stopped with every process it started (its process group)."""
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return stdout
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample in a Prometheus text exposition (0 when absent)."""
     total = 0.0

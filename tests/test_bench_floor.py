@@ -10,14 +10,13 @@ WebSocket subscriber, none twice, none refused. Its figures are not checked.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .opshelpers import run_tool
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -26,20 +25,7 @@ def bench_run(tmp_path: Path, *args: str) -> dict[str, Any]:
     """bench/run.py on the floor app; on a timeout, stop it and every server it started."""
     out = tmp_path / "run.json"
     cmd = [sys.executable, str(BENCH / "run.py"), "--quick", "--martd-app", "bench.floor_app:app"]
-    proc = subprocess.Popen(
-        [*cmd, "--json", str(out), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    run_tool([*cmd, "--json", str(out), *args])
     return dict(json.loads(out.read_text()))
 
 

@@ -8,9 +8,7 @@ message was lost, duplicated or refused on the way.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,26 +17,14 @@ from typing import Any
 import pytest
 
 from .helpers import require
+from .opshelpers import run_tool
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def run(script: str, *args: str) -> dict[str, Any]:
     """Run a tool; on a timeout, stop it and every process it started (its process group)."""
-    proc = subprocess.Popen(
-        [sys.executable, str(BENCH / script), "--tiny", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    stdout = run_tool([sys.executable, str(BENCH / script), "--tiny", *args])
     return dict(json.loads(stdout.strip().splitlines()[-1]))
 
 
