@@ -53,7 +53,7 @@ from ..logs import redact
 from ..presence import Client
 from . import redis_lua
 from .base import ChannelInfo, Deliver, PublishResult
-from .redis_batch import Gather
+from .redis_batch import Gather, cancel_all
 from .redis_fanout import Fanout
 from .redis_keys import KeyNames
 from .redis_line import AVAILABLE as LINE_AVAILABLE
@@ -278,11 +278,7 @@ class RedisBackend:
         while self._detaching and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(tasks)
         for channel in list(self._fanout.seen):
             self._fanout.untrack(channel)
         await self._presence.aclose()

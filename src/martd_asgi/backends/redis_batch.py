@@ -7,13 +7,16 @@ subscribers does. So a ``Gather`` holds the calls of a channel made in the same
 event-loop turn, or while that channel's previous batch is on its way, and
 runs them as one script: one round trip for the whole burst, and never two
 batches of one channel in flight (this process's writes to it stay in order).
+
+``cancel_all`` ends the background tasks of the backend's parts at close.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -64,3 +67,13 @@ class Gather(Generic[In, Out]):
                         future.set_result(result)
         finally:
             self._busy.pop(channel, None)
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, whatever it ended with."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

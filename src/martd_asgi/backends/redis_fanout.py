@@ -33,6 +33,7 @@ from redis.crc import key_slot
 from ..channels import ZERO, EtagKey, Message, etag_key
 from ..presence import JOIN, LEAVE, Client, PresenceEvent
 from .base import Control, Deliver
+from .redis_batch import cancel_all
 from .redis_catchup import catch_up
 from .redis_links import Link
 
@@ -184,11 +185,7 @@ class Fanout:
 
     async def _reset(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(tasks)
         links, self._links = list(self._links.values()), {}
         for link in links:
             await link.aclose()

@@ -28,12 +28,22 @@ channel listen to.
 
 from __future__ import annotations
 
-COMMON = r"""
+# Redis's clock and the notification: every script of the backend's, presence's too.
+BASICS = r"""
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A notification to the processes that follow the channel: `target` is
+-- 'PUBLISH NAME', or 'SPUBLISH NAME' (sharded pub/sub) on Redis Cluster.
+local function notify(target, payload)
+  local sp = string.find(target, ' ', 1, true)
+  redis.call(string.sub(target, 1, sp - 1), string.sub(target, sp + 1), payload)
+end
+"""
+
+COMMON = BASICS + r"""
 local function parse_id(id)
   local dash = string.find(id, '-', 1, true)
   return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
@@ -189,13 +199,6 @@ local function touch_hold(o, cid, now, lease)
   if now + lease > exp then exp = now + lease end
   redis.call('HSET', o, cid, seq .. ' ' .. fmt(exp))
   live_until(o, exp, now)
-end
-
--- A notification to the processes that follow the channel: `target` is
--- 'PUBLISH NAME', or 'SPUBLISH NAME' (sharded pub/sub) on Redis Cluster.
-local function notify(target, payload)
-  local sp = string.find(target, ' ', 1, true)
-  redis.call(string.sub(target, 1, sp - 1), string.sub(target, sp + 1), payload)
 end
 
 -- This process's subscribers on a channel, under a lease that lapses on its own.

@@ -27,22 +27,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..presence import Client
+from .redis_batch import cancel_all
+from .redis_lua import BASICS
 
 log = logging.getLogger("martd.redis")
 
-PRELUDE = r"""
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- A notification to the processes that follow the channel: `target` is
--- 'PUBLISH NAME', or 'SPUBLISH NAME' (sharded pub/sub) on Redis Cluster.
-local function notify(target, payload)
-  local sp = string.find(target, ' ', 1, true)
-  redis.call(string.sub(target, 1, sp - 1), string.sub(target, sp + 1), payload)
-end
-
+PRELUDE = BASICS + r"""
 local function on(h)
   return redis.call('HGET', h, 'presence') == '1'
 end
@@ -327,9 +317,4 @@ class RedisPresence:
             handle.cancel()
         self._lapses.clear()
         self._due.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
