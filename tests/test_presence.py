@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from martd_asgi import AsyncClient, create_app
 from martd_asgi.tokens import mint_token
 
-from .helpers import SSE, ServerThread, running, sse
+from .helpers import SSE, ServerThread, frame, running, sse
 from .serving import run_martd
 
 pytestmark = pytest.mark.anyio
@@ -58,12 +58,6 @@ async def control(stream: SSE, timeout: float = 5.0) -> dict[str, Any]:
     return body
 
 
-async def frame(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            body: dict[str, Any] = json.loads(await ws.recv())
-            if body.get("type") != "ping":
-                return body
 
 
 def ws_url(server: ServerThread, path: str) -> str:
