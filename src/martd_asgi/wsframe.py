@@ -3,7 +3,7 @@
 A server's frames are never masked (RFC 6455, 5.1), so the bytes of a message's
 frame are the same for every subscriber: they are made once per message, beside
 its ASGI event, and a server that lets martd write frames itself (see
-``martd_asgi.protocols.frame_writer``) gets those bytes, several of one loop turn
+``martd_asgi.wsprotocol.frame_protocol``) gets those bytes, several of one loop turn
 joined into one write. Any other server gets the ASGI event as before.
 """
 

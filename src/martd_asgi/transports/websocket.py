@@ -46,8 +46,8 @@ from ..channels import (
 )
 from ..delivery import Subscriber, _uncancel
 from ..errors import BadRequest, MartdError, Unavailable
-from ..protocols import frame_protocol, write_frames
 from ..types import CloseReason, Receive, Send
+from ..wsprotocol import frame_protocol, write_frames
 from . import publish
 from .app import App
 from .common import Request, SubRequest
@@ -79,7 +79,7 @@ class WebSocketSubscriber(Subscriber):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # the connection, where martd writes frames itself (protocols.write_frames)
+        # the connection, where martd writes frames itself (wsprotocol.write_frames)
         self.wire = frame_protocol(self.send)
 
     def flush(self) -> None:
