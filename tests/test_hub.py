@@ -153,14 +153,109 @@ async def test_hub_longpoll_answered_from_a_control_queued_while_busy() -> None:
     assert b'"data":"m1"' in socket.sent[-1]
 
 
-async def test_hub_joins_frames_of_one_loop_turn_into_one_write() -> None:
+def frames(*ns: int) -> bytes:
+    return b"".join(f"id: 1000-{n}\ndata: m{n}\n\n".encode() for n in ns)
+
+
+async def test_hub_writes_a_lone_message_at_once_and_joins_a_busy_turn() -> None:
     hub = Hub()
     socket = Socket()
     await live(hub, socket)
-    for n in range(1, 4):
-        hub.deliver(message(n))  # three publishers answered in the same turn
+    hub.deliver(message(1))  # a lone push: written before its publisher is answered
+    assert socket.sent == [frames(1)]
+    for n in (2, 3):
+        hub.deliver(message(n))  # more publishers answered in the same turn
+    assert socket.sent == [frames(1)]
     await settle()
-    assert socket.sent == [b"".join(f"id: 1000-{n}\ndata: m{n}\n\n".encode() for n in (1, 2, 3))]
+    assert socket.sent == [frames(1), frames(2, 3)]
+    # the next turn follows a busy one: all of its messages leave as one write
+    socket.sent.clear()
+    for n in (4, 5, 6):
+        hub.deliver(message(n))
+    assert socket.sent == []
+    await settle()
+    assert socket.sent == [frames(4, 5, 6)]
+    # a lone message after a busy turn waits for the turn's end; then calm again
+    socket.sent.clear()
+    hub.deliver(message(7))
+    assert socket.sent == []
+    await settle()
+    hub.deliver(message(8))
+    assert socket.sent == [frames(7), frames(8)]
+
+
+async def test_hub_defers_a_large_fan_out_to_the_end_of_the_turn() -> None:
+    from martd_asgi.hub import AT_ONCE_MAX
+
+    hub = Hub()
+    few, many = [Socket() for _ in range(2)], [Socket() for _ in range(AT_ONCE_MAX + 1)]
+    for socket in few:
+        await live(hub, socket, ["few"])
+    for socket in many:
+        await live(hub, socket, ["many"])
+    hub.deliver(message(1, "many"))  # the publisher is not held up by a big fan-out
+    assert all(socket.sent == [] for socket in many)
+    await settle()
+    assert all(socket.sent == [frames(1)] for socket in many)
+    await settle()  # that turn delivered one message: the next lone one goes at once
+    hub.deliver(message(2, "few"))
+    assert all(socket.sent == [frames(2)] for socket in few)
+
+
+async def test_app_lone_push_reaches_the_subscriber_before_the_publisher_is_answered() -> None:
+    from martd_asgi import create_app
+
+    app = create_app(backend="memory", demo=False)
+    order: list[str] = []
+    gone = asyncio.Event()
+
+    async def sub_send(event: dict[str, Any]) -> None:
+        if b"data: " in event.get("body", b""):
+            order.append(event["body"].decode().rsplit("data: ", 1)[1].strip())
+
+    async def sub_receive() -> dict[str, Any]:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def pub_send(event: dict[str, Any]) -> None:
+        if event["type"] == "http.response.start":
+            order.append(f"answer {event['status']}")
+
+    def scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "query_string": b"",
+            "headers": headers,
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 80),
+            "scheme": "http",
+            "http_version": "1.1",
+            "root_path": "",
+        }
+
+    async with app.lifespan():
+        sse = scope("GET", "/sub/lone", [(b"accept", b"text/event-stream")])
+        handler = asyncio.ensure_future(app(sse, sub_receive, sub_send))
+        await wait_until(lambda: app.hub.subscribers() == 1)
+        for n in range(3):
+            await settle()  # each push in a turn of its own, as a lone publisher's are
+            body = {"type": "http.request", "body": f"m{n}".encode(), "more_body": False}
+
+            async def pub_receive(body: dict[str, Any] = body) -> dict[str, Any]:
+                return body
+
+            await app(scope("POST", "/pub/lone", []), pub_receive, pub_send)
+        assert order == ["m0", "answer 201", "m1", "answer 200", "m2", "answer 200"]
+        gone.set()
+        await handler
+
+
+async def wait_until(predicate: Any) -> None:
+    async with asyncio.timeout(5):
+        while not predicate():
+            await asyncio.sleep(0.001)
 
 
 @pytest.mark.parametrize("how", ["raises", "future fails"])

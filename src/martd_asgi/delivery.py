@@ -233,7 +233,10 @@ class Subscriber:
         pending = self.pending
         if pending is None:
             self.pending = [event]
-            self.hub.defer(self)
+            if self.hub.at_once:
+                self.flush()  # a calm turn's lone message: no reason to wait
+            else:
+                self.hub.defer(self)
         else:
             pending.append(event)
             if len(pending) >= self.bounds.max_backlog:

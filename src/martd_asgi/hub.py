@@ -21,6 +21,7 @@ from .presence import Feed, PresenceEvent
 from .types import CloseReason
 
 SHUTDOWN_STALL = 1.0  # seconds a send may stay blocked once shutdown began
+AT_ONCE_MAX = 64  # subscribers of a message written at once in a calm turn (see deliver)
 
 
 class Hub:
@@ -39,6 +40,10 @@ class Hub:
         self.streams: dict[Subscriber, None] = {}
         self.parked: set[Subscriber] = set()
         self.dirty: list[Subscriber] = []  # subscribers with events of this loop turn
+        self._turn_end = False  # the end-of-turn callback is scheduled
+        self.turn_messages = 0  # messages delivered in this loop turn
+        self.calm = True  # the last turn that delivered anything delivered one message
+        self.at_once = False  # set while a message of a calm turn is being delivered
         self._loop: asyncio.AbstractEventLoop | None = None
         self.deadlines: dict[int, list[Subscriber]] = {}
         self.bounds = Bounds(max_backlog, max_backlog_bytes)
@@ -102,8 +107,18 @@ class Hub:
                 return
             count = len(subs)  # one-shot subscribers leave the set as they are answered
             self.counters["delivered"] += count
-            for sub in tuple(subs):
-                sub.deliver(event)
+            # A lone message (the last busy turn is over, none before it in this one)
+            # to a few subscribers is written at once, before the publisher's answer;
+            # the messages of a busy turn are joined per stream at the end of the turn.
+            if not self.turn_messages:
+                self._end_turn_soon()
+            self.turn_messages += 1
+            self.at_once = self.calm and self.turn_messages == 1 and count <= AT_ONCE_MAX
+            try:
+                for sub in tuple(subs):
+                    sub.deliver(event)
+            finally:
+                self.at_once = False
             if self.on_deliver is not None:
                 self.on_deliver(event, count)
         elif isinstance(event, PresenceEvent):
@@ -146,11 +161,19 @@ class Hub:
     def defer(self, sub: Subscriber) -> None:
         """Flush ``sub`` at the end of this loop turn (once for all of them)."""
         if not self.dirty:
-            loop = self._loop or asyncio.get_running_loop()
-            loop.call_soon(self._flush)
+            self._end_turn_soon()
         self.dirty.append(sub)
 
-    def _flush(self) -> None:
+    def _end_turn_soon(self) -> None:
+        if not self._turn_end:
+            self._turn_end = True
+            (self._loop or asyncio.get_running_loop()).call_soon(self._end_turn)
+
+    def _end_turn(self) -> None:
+        self._turn_end = False
+        if self.turn_messages:
+            self.calm = self.turn_messages == 1
+            self.turn_messages = 0
         dirty, self.dirty = self.dirty, []
         for sub in dirty:
             sub.flush()

@@ -47,9 +47,13 @@ class PublishResult:
     replayed: bool = False  # v1.1: the answer of an earlier push with the same Idempotency-Key
 
     def body(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["created"], data["replayed"]
-        return data
+        # by hand: dataclasses.asdict deep-copies, and this runs once per push
+        return {
+            "channel": self.channel,
+            "etag": self.etag,
+            "subscribers": self.subscribers,
+            "messages": self.messages,
+        }
 
     def answer(self, payload: str) -> dict[str, Any]:
         """The push's answer: ``body()``, and for an empty push that it reaches nobody."""
