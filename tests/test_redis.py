@@ -539,6 +539,41 @@ async def test_redis_pushes_of_one_turn_share_a_connection_and_each_gets_its_own
             await one.delete(f"turn{c}")
 
 
+async def test_redis_calls_of_a_busy_turn_reach_redis_in_one_write(backend: str) -> None:
+    one = RedisBackend(backend)
+    async with started(one):
+        await one.publish("batch", "first", PushAttributes(size=50), server=True)
+        wire = one._line._wire if one._line is not None else None
+        if wire is None or wire.transport is None:
+            pytest.skip("the pipelined script connection needs hiredis")
+        writes: list[bytes] = []
+        real_write = wire.transport.write
+
+        def counted(data: bytes) -> None:
+            writes.append(data)
+            real_write(data)
+
+        wire.transport.write = counted  # type: ignore[method-assign]
+
+        async def turn(count: int) -> list[bytes]:
+            writes.clear()
+            pushes = (
+                one.publish("batch", f"m{i}", PushAttributes(size=50), server=True)
+                for i in range(count)
+            )
+            await asyncio.gather(*pushes)
+            return list(writes)
+
+        # after a calm turn, the first call goes at once and the rest together
+        assert [w.count(b"EVALSHA") for w in await turn(10)] == [1, 9]
+        # after a busy turn, all of a turn's calls go together: one batch for Redis
+        assert [w.count(b"EVALSHA") for w in await turn(10)] == [10]
+        assert [w.count(b"EVALSHA") for w in await turn(1)] == [1]
+        history = await one.history("batch", "0")
+        assert len(history.messages) == 22
+        await one.delete("batch")
+
+
 async def test_redis_that_stops_answering_fails_pushes_in_time_then_serves_again() -> None:
     with redis_servers() as servers:
         server = servers.server()
