@@ -226,11 +226,26 @@ local server = ARGV[4] == '1'
 local keyhash = ARGV[8]
 local lease = tonumber(ARGV[12])
 local now = now_ms()
-local exists, subs = alive(h, s, n, now)
-local cur = {false, false, false, false, false, false, false, false, false}
+-- alive(), with what the push reads of the channel in one HMGET (read again
+-- only when expired messages were removed): h exists exactly when it has a size.
+local subs = count_subs(n, now)
+local function read()
+  return redis.call('HMGET', h, 'size', 'life', 'one2one', 'key', 'dropped', 'droppedl', 'nx',
+    'mx', 'lx', 'presence', 'last', 'fifo')
+end
+local cur = read()
+local exists = cur[1] ~= false
 if exists then
-  cur = redis.call('HMGET', h, 'size', 'life', 'one2one', 'key', 'dropped', 'droppedl', 'nx',
-    'mx', 'lx')
+  local nx = tonumber(cur[7] or '0')
+  if nx ~= 0 and nx <= now then
+    trim_expired(h, s, now)
+    cur = read()
+  end
+  if subs == 0 and redis.call('XLEN', s) == 0 then
+    redis.call('DEL', h, s)
+    exists = false
+    cur = {false, false, false, false, false, false, false, false, false, false, false, false}
+  end
 end
 local cur_key = cur[4]
 if cur_key and cur_key ~= keyhash then return {'err', 'key'} end
@@ -266,20 +281,20 @@ if not server then
     if given ~= '' and given ~= cur[i] then return {'err', names[i]} end
   end
   size, life, one2one = cur[1], cur[2], cur[3]
-  if ARGV[14] ~= '' and ARGV[14] ~= (redis.call('HGET', h, 'presence') or '0') then
+  if ARGV[14] ~= '' and ARGV[14] ~= (cur[10] or '0') then
     return {'err', 'presence'}
   end
 else
   if exists and not cur_key and keyhash ~= '' then return {'err', 'addkey'} end
   size, life, one2one = ARGV[5], ARGV[6], ARGV[7]
 end
-local had_presence = exists and redis.call('HGET', h, 'presence') == '1'
+local had_presence = exists and cur[10] == '1'
 local presence = ARGV[13]
 if not server then presence = (had_presence and '1') or '0' end
 -- one2one comes on: on an existing channel, or on one created while clients wait on it
 local switched_on = one2one == '1' and ((exists and cur[3] ~= '1') or (not exists and subs > 0))
 
-local prev = exists and redis.call('HGET', h, 'last')
+local prev = exists and cur[11]
 local id = next_id(clock, now, prev)
 local x = now + tonumber(life) * 1000
 if ev == '' and ty == '' then
@@ -309,21 +324,32 @@ if nx == 0 or x < nx then nx = x end
 local mx = tonumber(cur[8] or '0')
 if x > mx then mx = x end
 -- The keys go with the last message to expire: evicted ones no longer count.
+local fifo = false  -- false: as it is
 if len == 1 then
   mx = x
-  redis.call('HSET', h, 'fifo', '1')
+  fifo = '1'
 elseif x < tonumber(cur[9] or '0') then
-  redis.call('HSET', h, 'fifo', '0')
-elseif not exists or redis.call('HGET', h, 'fifo') ~= '0' then
+  fifo = '0'
+elseif not exists or cur[12] ~= '0' then
   mx = x  -- in expiry order, the newest message goes last
 end
+local fields = {'size', size, 'life', life, 'one2one', one2one, 'last', id,
+  'dropped', dropped, 'droppedl', droppedl, 'nx', fmt(nx), 'mx', fmt(mx), 'lx', fmt(x),
+  'presence', presence}
 if not exists then
-  redis.call('HSET', h, 'first', id, 'fifo', '1')
-  if keyhash ~= '' then redis.call('HSET', h, 'key', keyhash) end
+  fifo = '1'
+  fields[#fields + 1] = 'first'
+  fields[#fields + 1] = id
+  if keyhash ~= '' then
+    fields[#fields + 1] = 'key'
+    fields[#fields + 1] = keyhash
+  end
 end
-redis.call('HSET', h, 'size', size, 'life', life, 'one2one', one2one, 'last', id,
-  'dropped', dropped, 'droppedl', droppedl, 'nx', fmt(nx), 'mx', fmt(mx), 'lx', fmt(x))
-redis.call('HSET', h, 'presence', presence)
+if fifo then
+  fields[#fields + 1] = 'fifo'
+  fields[#fields + 1] = fifo
+end
+redis.call('HSET', h, unpack(fields))
 set_expiry(h, s, subs, now, lease, mx)
 
 local keep = ''
