@@ -12,6 +12,8 @@ from martd_asgi.channels import Message
 from martd_asgi.hub import Hub
 from martd_asgi.transports.sse import SSESubscriber
 
+from .helpers import wait_for
+
 pytestmark = pytest.mark.anyio
 
 
@@ -238,7 +240,7 @@ async def test_app_lone_push_reaches_the_subscriber_before_the_publisher_is_answ
     async with app.lifespan():
         sse = scope("GET", "/sub/lone", [(b"accept", b"text/event-stream")])
         handler = asyncio.ensure_future(app(sse, sub_receive, sub_send))
-        await wait_until(lambda: app.hub.subscribers() == 1)
+        await wait_for(lambda: app.hub.subscribers() == 1)
         for n in range(3):
             await settle()  # each push in a turn of its own, as a lone publisher's are
             body = {"type": "http.request", "body": f"m{n}".encode(), "more_body": False}
@@ -250,12 +252,6 @@ async def test_app_lone_push_reaches_the_subscriber_before_the_publisher_is_answ
         assert order == ["m0", "answer 201", "m1", "answer 200", "m2", "answer 200"]
         gone.set()
         await handler
-
-
-async def wait_until(predicate: Any) -> None:
-    async with asyncio.timeout(5):
-        while not predicate():
-            await asyncio.sleep(0.001)
 
 
 @pytest.mark.parametrize("how", ["raises", "future fails"])
