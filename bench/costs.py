@@ -932,7 +932,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args(argv)
     if args.tiny:
-        args.connections, args.store_channels, args.rounds = 100, 50, 1
+        # 8 rounds: each measured phase takes several of the kernel's 10 ms CPU ticks
+        args.connections, args.store_channels, args.rounds = 100, 50, 8
         args.renew_channels, args.renew_seconds, args.repeat, args.retain = 100, 1.0, 1, 3
         args.fanout, args.settle, args.deep, args.deep_channels = 5, 0.2, 20, 2
         args.idle, args.sinks = 0.5, 2
