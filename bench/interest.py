@@ -21,14 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import json
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,76 +31,22 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from clients import connect_subscribers, payload, raise_nofile  # noqa: E402  (bench/ is not a package)
+import costs as kit  # noqa: E402  (bench/ is not a package)
+from clients import connect_subscribers, payload, raise_nofile  # noqa: E402
 from measure import Tally, await_or_note, server_cpu  # noqa: E402
 
 IN_FLIGHT = 64
 
 
-def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    options = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", directory]
-    server = subprocess.Popen(["redis-server", *options], stdout=subprocess.DEVNULL)
-    wait(lambda: _connects(port), "redis-server")
-    return server, port
-
-
-def start_martd(python: str, src: Path, url: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    env = {**os.environ, "MARTD_BACKEND": url, "MARTD_DEMO": "0", "PYTHONPATH": str(src)}
-    command = [python, "-m", "uvicorn", "martd_asgi:app", "--port", str(port)]
-    command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
-    command += ["--log-level", "warning", "--backlog", "4096"]
-    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
-    wait(lambda: proc.poll() is None and _healthy(port), "martd")
-    return proc, port
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _connects(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-def _healthy(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", "/healthz")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-
-
-def stats(port: int) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("GET", "/stats")
-    return dict(json.loads(conn.getresponse().read()))
-
-
-def wait(ready: Any, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            sys.exit(f"{what} did not start")
-        time.sleep(0.05)
-
-
-async def measure(args: argparse.Namespace, url: str, a: Any, b: Any) -> dict[str, Any]:
+async def measure(
+    args: argparse.Namespace, url: str, a: kit.Martd, b: kit.Martd
+) -> dict[str, Any]:
     from martd_asgi.backends.redis import RedisBackend
     from martd_asgi.channels import PushAttributes
 
-    (pid_a, port_a), (pid_b, port_b) = a, b
     n, total = args.channels, args.pushes
     tally = Tally(1)
-    options = argparse.Namespace(transport="sse", port=port_a, timeout=30.0)
+    options = argparse.Namespace(transport="sse", port=a.port, timeout=30.0)
     subs = await connect_subscribers(options, tally, n, lambda i: f"c{i}")
     pusher = RedisBackend(url)
     await pusher.start(lambda event: None)
@@ -125,13 +65,13 @@ async def measure(args: argparse.Namespace, url: str, a: Any, b: Any) -> dict[st
 
     try:
         await pushes(range(1, n + 1))  # every channel once: warms up, proves each live
-        heard = [stats(port_a).get("redis_notifications"), stats(port_b).get("redis_notifications")]
-        cpu = [server_cpu(pid_a), server_cpu(pid_b)]
+        heard = [a.stats().get("redis_notifications"), b.stats().get("redis_notifications")]
+        cpu = [server_cpu(a.pid), server_cpu(b.pid)]
         started = time.perf_counter()
         await pushes(range(n + 1, n + 1 + total))
         elapsed = time.perf_counter() - started
-        cpu = [server_cpu(pid_a) - cpu[0], server_cpu(pid_b) - cpu[1]]
-        after = [stats(port_a).get("redis_notifications"), stats(port_b).get("redis_notifications")]
+        cpu = [server_cpu(a.pid) - cpu[0], server_cpu(b.pid) - cpu[1]]
+        after = [a.stats().get("redis_notifications"), b.stats().get("redis_notifications")]
     finally:
         await pusher.aclose()
     lost = sum(1 for seq in range(1, n + 1 + total) if subs[seq % n].missing([seq]))
@@ -161,26 +101,11 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(args.src.resolve()))
     raise_nofile(args.channels + 200)
-    directory = tempfile.mkdtemp(prefix="martd-interest-")
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        redis, port = start_redis(directory)
-        procs.append(redis)
-        url = f"redis://127.0.0.1:{port}/0"
-        martds = [start_martd(args.python, args.src.resolve(), url) for _ in range(2)]
-        procs += [proc for proc, _ in martds]
-        pids = [(proc.pid, port) for proc, port in martds]
-        result = asyncio.run(measure(args, url, pids[0], pids[1]))
-        print(json.dumps({"src": str(args.src), **result}))
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+    with kit.cluster(args.python, args.src) as cluster:
+        cluster.start_redis()
+        a, b = cluster.start_martd(), cluster.start_martd()
+        result = asyncio.run(measure(args, cluster.redis_url, a, b))
+    print(json.dumps({"src": str(args.src), **result}))
 
 
 if __name__ == "__main__":
