@@ -18,6 +18,7 @@ from .channels import Message
 from .connection import set_send_buffer
 from .delivery import Bounds, Subscriber
 from .presence import Feed, PresenceEvent
+from .turns import Turns
 from .types import CloseReason
 
 SHUTDOWN_STALL = 1.0  # seconds a send may stay blocked once shutdown began
@@ -41,8 +42,7 @@ class Hub:
         self.parked: set[Subscriber] = set()
         self.dirty: list[Subscriber] = []  # subscribers with events of this loop turn
         self._turn_end = False  # the end-of-turn callback is scheduled
-        self.turn_messages = 0  # messages delivered in this loop turn
-        self.calm = True  # the last turn that delivered anything delivered one message
+        self.turns = Turns()  # messages delivered per loop turn
         self.at_once = False  # set while a message of a calm turn is being delivered
         self._loop: asyncio.AbstractEventLoop | None = None
         self.deadlines: dict[int, list[Subscriber]] = {}
@@ -110,10 +110,8 @@ class Hub:
             # A lone message (the last busy turn is over, none before it in this one)
             # to a few subscribers is written at once, before the publisher's answer;
             # the messages of a busy turn are joined per stream at the end of the turn.
-            if not self.turn_messages:
-                self._end_turn_soon()
-            self.turn_messages += 1
-            self.at_once = self.calm and self.turn_messages == 1 and count <= AT_ONCE_MAX
+            self._end_turn_soon()
+            self.at_once = self.turns.add() and count <= AT_ONCE_MAX
             try:
                 for sub in tuple(subs):
                     sub.deliver(event)
@@ -171,9 +169,7 @@ class Hub:
 
     def _end_turn(self) -> None:
         self._turn_end = False
-        if self.turn_messages:
-            self.calm = self.turn_messages == 1
-            self.turn_messages = 0
+        self.turns.end()
         dirty, self.dirty = self.dirty, []
         for sub in dirty:
             sub.flush()

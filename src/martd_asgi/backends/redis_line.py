@@ -28,6 +28,8 @@ from typing import Any
 
 from redis import exceptions as rexc
 
+from ..turns import Turns
+
 try:
     import hiredis
 
@@ -46,8 +48,7 @@ class _Wire(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.out: list[bytes] | None = None  # written later in this turn; None: none yet
-        self.calls = 0  # calls made in this turn
-        self.calm = True  # the last turn with calls made only one
+        self.turns = Turns()  # calls per loop turn
         self.failed: BaseException | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.streams: tuple[Any, Any] | None = None
@@ -60,28 +61,26 @@ class _Wire(asyncio.Protocol):
             fut.set_exception(rexc.ConnectionError("redis: connection lost"))
             return fut
         self.waiting.append((fut, self.loop.time() + self.timeout))
-        if self.out is None:
-            if self.calm:
-                # The first call of a calm turn goes out now; any others at its end.
-                self.transport.write(packed)
-                self.out = []
-            else:
-                # After a busy turn, the calls of this one go out together at its end:
-                # Redis then runs them as one batch and their notifications come back
-                # together, so a subscriber's write carries all of them.
-                self.out = [packed]
-            self.calls = 1
+        if self.turns.add():
+            # The first call of a calm turn goes out now; any others at its end.
+            self.transport.write(packed)
+            self.out = []
+            self.loop.call_soon(self._flush)
+        elif self.out is None:
+            # After a busy turn, the calls of this one go out together at its end:
+            # Redis then runs them as one batch and their notifications come back
+            # together, so a subscriber's write carries all of them.
+            self.out = [packed]
             self.loop.call_soon(self._flush)
         else:
             self.out.append(packed)
-            self.calls += 1
         if self._timer is None:
             self._timer = self.loop.call_later(self.timeout, self._check)
         return fut
 
     def _flush(self) -> None:
         out, self.out = self.out, None
-        self.calm = self.calls == 1
+        self.turns.end()
         if out and self.transport is not None and self.failed is None:
             self.transport.write(b"".join(out))
 
