@@ -227,6 +227,33 @@ async def test_redis_martd_restarted_keeps_its_channels(martds: Any) -> None:
         assert polled["channels"]["kept"]["messages"] == [{"etag": second, "data": "after"}]
 
 
+async def test_redis_over_a_unix_socket_serves_two_processes_as_one(martds: Any) -> None:
+    with redis_servers() as servers:
+        path = os.path.join(servers.directory, "redis.sock")
+        servers.server("--unixsocket", path, "--unixsocketperm", "700")
+        a, b = await martds(2, MARTD_BACKEND=f"unix://{path}?db=0&prefix=sock")
+        async with clients(a, b) as (ca, cb), sse(cb, "/sub/local") as stream:
+            answer = await ca.post("/pub/local", content="over the socket")
+            assert answer.status_code == 201
+            event = await stream.next(5)
+            assert (event["id"], event["data"]) == (answer.json()["etag"], "over the socket")
+            assert (await cb.get("/healthz")).json()["backend"] == "redis"
+        keys = subprocess.run(
+            ["redis-cli", "-s", path, "--scan", "--pattern", "sock:{local}:*"],
+            capture_output=True,
+            check=True,
+            text=True,
+            timeout=10,
+        ).stdout.split()
+        assert {"sock:{local}:h", "sock:{local}:s"} <= set(keys)  # the channel lives there
+
+
+def test_redis_unix_socket_url_refuses_cluster_and_sentinel() -> None:
+    for option in ("cluster=1", "sentinel=main"):
+        with pytest.raises(ValueError, match="need a redis:// or rediss:// URL"):
+            RedisBackend(f"unix:///tmp/redis.sock?{option}")
+
+
 async def test_redis_restarted_mid_stream_loses_nothing_acknowledged(martds: Any) -> None:
     with redis_servers() as servers:
         redis = servers.durable()

@@ -104,7 +104,7 @@ def cli() -> None:
     "--backend",
     metavar="URL",
     envvar="MARTD_BACKEND",
-    help="'memory' (default) or a redis:// / rediss:// URL; needed for --workers "
+    help="'memory' (default) or a redis:// / rediss:// / unix:// URL; needed for --workers "
     "above 1. [env MARTD_BACKEND]",
 )
 @click.option(

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from .backends import REDIS_SCHEMES
 from .namespaces import EMPTY, Namespaces
 from .namespaces import parse as parse_namespaces
 
@@ -20,7 +21,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # name -> (environment variable, help text)
 FIELDS: dict[str, tuple[str, str]] = {
-    "backend": ("MARTD_BACKEND", "`memory`, or a `redis://` / `rediss://` URL"),
+    "backend": ("MARTD_BACKEND", "`memory`, or a `redis://` / `rediss://` / `unix://` URL"),
     "allow": ("MARTD_ALLOW", "comma-separated addresses / CIDR blocks whose requests are servers"),
     "trusted_proxies": (
         "MARTD_TRUSTED_PROXIES",
@@ -212,9 +213,9 @@ class Settings:
                 raise ValueError(f"{name} ({FIELDS[name][0]}): must be at least {low}")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format (MARTD_LOG_FORMAT): must be 'text' or 'json'")
-        if not (self.backend == "memory" or self.backend.startswith(("redis://", "rediss://"))):
+        if not (self.backend == "memory" or self.backend.startswith(REDIS_SCHEMES)):
             raise ValueError(
-                "backend (MARTD_BACKEND): must be 'memory' or a redis:// / rediss:// URL"
+                "backend (MARTD_BACKEND): must be 'memory' or a redis:// / rediss:// / unix:// URL"
             )
 
         if self.auth_url is not None:

@@ -10,6 +10,9 @@ from typing import Any
 
 from .base import Backend
 
+# Redis: TCP, TLS, or a Unix socket (``unix:///run/redis.sock?db=0``) on the same host.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
 
 def make_backend(url: str, **options: Any) -> Backend:
     """Choose a backend by URL."""
@@ -17,7 +20,7 @@ def make_backend(url: str, **options: Any) -> Backend:
         from .memory import MemoryBackend
 
         return MemoryBackend(**options)
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(REDIS_SCHEMES):
         from .redis import RedisBackend  # type: ignore[import-not-found,unused-ignore]
 
         backend: Backend = RedisBackend(url, **options)

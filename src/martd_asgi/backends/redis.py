@@ -14,10 +14,11 @@ Subscriber counts and one2one holds are leases that each process renews, so a
 crashed process's subscribers lapse on their own.
 
 The URL is redis-py's (``redis://[user:password@]host:port/db``,
-``rediss://`` for TLS) with martd's own query options: ``prefix=`` (of every
-key, ``martd`` by default), ``cluster=1`` (Redis Cluster, the URL names any
-node), ``sentinel=NAME`` (the URL names a Sentinel, ``sentinels=h:p,h:p``
-more of them, and NAME the monitored master).
+``rediss://`` for TLS, ``unix:///path/to/redis.sock?db=N`` for a Redis on the
+same host) with martd's own query options: ``prefix=`` (of every key,
+``martd`` by default), ``cluster=1`` (Redis Cluster, the URL names any node),
+``sentinel=NAME`` (the URL names a Sentinel, ``sentinels=h:p,h:p`` more of
+them, and NAME the monitored master).
 """
 
 from __future__ import annotations
@@ -88,7 +89,11 @@ def connect(url: str, options: dict[str, Any]) -> tuple[Any, str, list[Any]]:
     master = query.pop("sentinel", None)
     more = [h for h in query.pop("sentinels", "").split(",") if h]
     plain = urlunsplit(parts._replace(query=urlencode(query)))
+    if parts.scheme == "unix" and not parts.netloc:
+        plain = "unix://" + plain.removeprefix("unix:")  # urlunsplit drops the empty host
     options = {"decode_responses": True, **options}
+    if parts.scheme == "unix" and (cluster or master):
+        raise ValueError("backend: cluster= and sentinel= need a redis:// or rediss:// URL")
     if cluster:
         from redis.asyncio.cluster import RedisCluster
 
