@@ -10,8 +10,9 @@ after a reconnect.
 
 While Redis cannot be reached, or refuses an operation (a key of the wrong
 type, out of memory), pushes fail with 503, never silently.
-Subscriber counts and one2one holds are leases that each process renews, so a
-crashed process's subscribers lapse on their own.
+Subscriber counts and one2one holds are leases that each process renews
+(``redis_leases``), so a crashed process's subscribers lapse on their own.
+``redis_client`` makes the connection and runs the scripts.
 
 The URL is redis-py's (``redis://[user:password@]host:port/db``,
 ``rediss://`` for TLS, ``unix:///path/to/redis.sock?db=N`` for a Redis on the
@@ -24,15 +25,11 @@ them, and NAME the monitored master).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
 import secrets
 import time
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -47,25 +44,21 @@ from ..channels import (
     hash_key,
     key_refusal,
 )
-from ..errors import Conflict, Forbidden, Unavailable
+from ..errors import Forbidden
 from ..idempotency import CAP as IDEMPOTENCY_CAP
 from ..idempotency import Idempotency, reused
-from ..logs import redact
 from ..presence import Client
 from . import redis_lua
 from .base import ChannelInfo, Deliver, PublishResult
 from .redis_batch import Gather, cancel_all
+from .redis_client import DOWN, Scripts, brief, connect
 from .redis_fanout import Fanout
 from .redis_keys import KeyNames
-from .redis_line import AVAILABLE as LINE_AVAILABLE
-from .redis_line import Line
-from .redis_line import pack as _pack
+from .redis_leases import Leases
 from .redis_presence import RedisPresence
 
 log = logging.getLogger("martd.redis")
 
-# Errors that mean "Redis is not there right now": answered 503, retried later.
-DOWN = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError)
 COUNT_EVERY = 5.0  # seconds between counts of all channels for /stats
 ID_LIMIT = 1 << 53  # stream ids above this cannot be compared exactly in Lua
 
@@ -77,53 +70,6 @@ FORBIDDEN = {
         "key",
     ),
 }
-
-
-def connect(url: str, options: dict[str, Any]) -> tuple[Any, str, list[Any]]:
-    """A redis-py asyncio client for ``url``, the key prefix it asks for, and
-    the further clients to close with it (Sentinel's)."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    prefix = query.pop("prefix", "martd")
-    cluster = query.pop("cluster", "").lower() in ("1", "true", "yes")
-    master = query.pop("sentinel", None)
-    more = [h for h in query.pop("sentinels", "").split(",") if h]
-    plain = urlunsplit(parts._replace(query=urlencode(query)))
-    if parts.scheme == "unix" and not parts.netloc:
-        plain = "unix://" + plain.removeprefix("unix:")  # urlunsplit drops the empty host
-    options = {"decode_responses": True, **options}
-    if parts.scheme == "unix" and (cluster or master):
-        raise ValueError("backend: cluster= and sentinel= need a redis:// or rediss:// URL")
-    if cluster:
-        from redis.asyncio.cluster import RedisCluster
-
-        if not hasattr(RedisCluster, "pubsub"):
-            raise ValueError(
-                "backend: Redis Cluster needs redis-py 8 or later (pip install -U redis)"
-            )
-        return RedisCluster.from_url(plain, **options), prefix, []
-    if master:
-        from redis.asyncio.sentinel import Sentinel
-
-        hosts = [(parts.hostname or "127.0.0.1", parts.port or 26379)]
-        hosts += [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in more]
-        auth = {"username": parts.username, "password": parts.password}
-        tls: dict[str, Any] = {"ssl": True} if parts.scheme == "rediss" else {}
-        timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
-        sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, **tls}, **tls)  # type: ignore[no-untyped-call,unused-ignore]
-        db = int(parts.path.strip("/") or 0)
-        client = sentinel.master_for(master, **{"db": db, **auth, **options})
-        return client, prefix, list(sentinel.sentinels)
-    # A burst of subscribers waits for a pooled connection instead of failing
-    # (redis-py's default pool raises once its connections are all in use).
-    pool = aioredis.BlockingConnectionPool.from_url(
-        plain, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options
-    )
-    return aioredis.Redis.from_pool(pool), prefix, []  # closes the pool with the client
-
-
-POOL_SIZE = 64
-POOL_WAIT = 5.0
 
 
 class RedisBackend:
@@ -147,29 +93,21 @@ class RedisBackend:
         self._client, self._prefix, self._others = connect(url, options)
         from redis.asyncio.cluster import RedisCluster
 
-        cluster = self._cluster = isinstance(self._client, RedisCluster)
-        # Scripts on one pipelined connection (a single Redis or Sentinel's master;
-        # Cluster routes each by its slot through redis-py).
-        self._line = (
-            Line(self._client.connection_pool, timeout) if LINE_AVAILABLE and not cluster else None
-        )
+        cluster = isinstance(self._client, RedisCluster)
+        self._call = Scripts(self._client, cluster=cluster, timeout=timeout)
+        self._line = self._call.line
         self._names = KeyNames(self._prefix, cluster=cluster)
         self._fanout = Fanout(self._client, self._keys, self._names.events, sharded=cluster)
         self._fanout.gone_key = self._names.gone
-        self._renew_now = asyncio.Event()
-        self._fanout.on_reconnect = self._renew_now.set
         self._node = secrets.token_hex(8)
         self._hold_ms = int(hold * 1000)
         self._lease_ms = int(lease * 1000)
-        self._refresh_every = lease / 3
         self._publish_wait = publish_wait
         register = self._client.register_script
         self._publish = register(redis_lua.PUBLISH)
         self._info = register(redis_lua.INFO)
         self._history = register(redis_lua.HISTORY)
         self._delete = register(redis_lua.DELETE)
-        self._sync = register(redis_lua.SYNC)
-        self._refresh = register(redis_lua.REFRESH)
         self._presence = RedisPresence(
             self._client,
             self._call,
@@ -179,15 +117,22 @@ class RedisBackend:
             lease_ms=self._lease_ms,
             hold_ms=self._hold_ms,
         )
-        # Presence switched on or off somewhere: learn it at once, not at the next renewal.
-        self._fanout.on_presence = lambda channel: self._renew_now.set()
-        # channel -> cid -> open connections in this process
-        self._conns: dict[str, dict[str, int]] = {}
-        self._dirty: set[str] = set()  # channels whose leases need rewriting
-        self._detaching = 0
-        # Subscribers of a channel coming and going together: one script each way
-        # (attach and detach: this process's count and the clients' holds; history).
-        self._changes: Gather[tuple[str, bool], tuple[bool, str, str]] = Gather(self._write)
+        self._leases = Leases(
+            self._call,
+            self._keys_hsno,
+            sync=register(redis_lua.SYNC),
+            refresh=register(redis_lua.REFRESH),
+            fanout=self._fanout,
+            presence=self._presence,
+            node=self._node,
+            lease_ms=self._lease_ms,
+            hold_ms=self._hold_ms,
+        )
+        # Leases renewed at once after a reconnect (a restarted Redis lost them), and
+        # when presence was switched on or off somewhere (learnt now, not at the next round).
+        self._fanout.on_reconnect = self._leases.renew_soon
+        self._fanout.on_presence = lambda channel: self._leases.renew_soon()
+        # History reads of a channel that come together: one script.
         self._reads: Gather[str | None, History] = Gather(self._read_histories)
         self._tasks: list[asyncio.Task[None]] = []
         self._counted: tuple[float, int, int] = (-COUNT_EVERY, 0, 0)
@@ -213,64 +158,13 @@ class RedisBackend:
         keys = self._keys(channel)
         return [keys[0], keys[1], keys[3]]
 
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            if self._cluster:
-                return await script(keys=keys, args=args)
-            return await self._evalsha(script, keys, args)
-        except DOWN as exc:
-            raise Unavailable("backend: Redis cannot be reached; try again", retry_after=1) from exc
-        except rexc.ResponseError as exc:
-            # WRONGTYPE, OOM, a failing script: Redis answered, but cannot do it now.
-            log.warning("redis refused a script on %s: %s", keys[0], _brief(exc))
-            raise Unavailable(
-                "backend: Redis refused the operation; try again", retry_after=1
-            ) from exc
-
-    async def _evalsha(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """A script on a pooled connection of a single Redis (or Sentinel's master):
-        the command packed here, sent and answered on the connection, without
-        the client's layers around each command (a third of a push's CPU).
-        With hiredis, on the pipelined connection of ``redis_line``."""
-        packed = _pack("EVALSHA", script.sha, len(keys), *keys, *args)
-        line = self._line
-        if line is not None:
-            for attempt in (1, 2):
-                try:
-                    return await line.call(packed)
-                except rexc.NoScriptError:
-                    # Not run: Redis restarted (or its scripts were flushed). Load it, again.
-                    if attempt == 2:
-                        raise
-                await self._client.script_load(script.script)
-        pool = self._client.connection_pool
-        for attempt in (1, 2):
-            conn = await pool.get_connection(*_NAMED)
-            try:
-                await conn.send_packed_command(packed)
-                return await conn.read_response()
-            except rexc.NoScriptError:
-                # Not run: Redis restarted (or its scripts were flushed). Load it, again.
-                if attempt == 2:
-                    raise
-            except rexc.ResponseError:
-                raise
-            except BaseException:
-                # A reply may still be on its way: the connection cannot be reused.
-                await conn.disconnect()
-                raise
-            finally:
-                await pool.release(conn)
-            await self._client.script_load(script.script)
-        raise AssertionError("unreachable")
-
     # ------------------------------------------------------------ lifecycle
 
     async def start(self, deliver: Deliver) -> None:
         self._fanout.deliver = deliver
         self._tasks = [
             asyncio.ensure_future(self._fanout.run()),
-            asyncio.ensure_future(self._renew()),
+            asyncio.ensure_future(self._leases.run()),
         ]
         # Give the pub/sub connection a moment, but start even when Redis is away.
         deadline = time.monotonic() + 2.0
@@ -280,66 +174,21 @@ class RedisBackend:
     async def aclose(self) -> None:
         # Subscribers closed at shutdown are still detaching: give them a moment.
         deadline = time.monotonic() + 1.0
-        while self._detaching and time.monotonic() < deadline:
+        while self._leases.detaching and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         tasks, self._tasks = self._tasks, []
         await cancel_all(tasks)
         for channel in list(self._fanout.seen):
             self._fanout.untrack(channel)
         await self._presence.aclose()
-        if self._line is not None:
-            await self._line.aclose()
+        await self._call.aclose()
         await self._client.aclose()
         for other in self._others:
             await other.aclose()
 
-    # ---------------------------------------------------------------- leases
-
-    async def _renew(self) -> None:
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._renew_now.wait(), self._refresh_every)
-            self._renew_now.clear()
-            try:
-                await self.renew()
-            except Exception as exc:  # retried on the next round
-                log.warning("lease renewal failed: %s", _brief(exc.__cause__ or exc))
-
     async def renew(self) -> None:
-        """Rewrite this process's subscriber counts and holds on every channel it serves.
-
-        Every channel is tried even when some fail; then the first failure is raised
-        (the failed channels are tried again on the next round).
-        """
-        channels = set(self._conns) | self._dirty
-        pending = list(channels)
-        failed: list[BaseException] = []
-        for start in range(0, len(pending), 100):
-            batch = pending[start : start + 100]
-            results = await asyncio.gather(
-                *(self._renew_one(c) for c in batch), return_exceptions=True
-            )
-            failed += [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            if len(failed) > 1:
-                log.warning("lease renewal failed on %d of %d channels", len(failed), len(pending))
-            raise failed[0]
-
-    async def _renew_one(self, channel: str) -> None:
-        # A subscriber that came or left while the script was on its way may have
-        # been counted by Redis before it ran: write the count again, or a lease
-        # would stand for connections that are gone.
-        for _ in range(3):
-            cids = dict(self._conns.get(channel, {}))
-            live = [cid for cid, n in cids.items() if n > 0]
-            args = [self._node, sum(cids.values()), self._lease_ms, *live]
-            presence = await self._call(self._refresh, self._keys_hsno(channel), args)
-            if self._conns.get(channel, {}) == cids:
-                self._dirty.discard(channel)
-                break
-        else:
-            self._dirty.add(channel)
-        await self._presence.renew(channel, presence == "1")
+        """Rewrite this process's leases on every channel it serves (``redis_leases``)."""
+        await self._leases.renew()
 
     # ------------------------------------------------------------------ pushes
 
@@ -494,72 +343,10 @@ class RedisBackend:
         )
 
     async def attach(self, channel: str, cid: str) -> None:
-        cids = self._conns.setdefault(channel, {})
-        cids[cid] = cids.get(cid, 0) + 1
-        try:
-            ok, last, presence = await self._changes.call(channel, (cid, True))
-        except BaseException:
-            self._forget(channel, cid)
-            self._dirty.add(channel)
-            raise
-        if not ok:
-            self._forget(channel, cid)
-            raise Conflict(
-                f"channel: {channel!r} is one2one and another client holds it", channel=channel
-            )
-        self._fanout.track(channel, etag_key(last) or ZERO)
-        self._presence.seen(channel, presence == "1")
-
-    async def _write(
-        self, channel: str, changes: list[tuple[str, bool]]
-    ) -> list[tuple[bool, str, str]]:
-        """One script for the subscribers of a channel that came and went together:
-        this process's count on it, the holds of the clients that left, and those
-        that attach (refused when a one2one channel is held by another)."""
-        cids = self._conns.get(channel, {})
-        left = dict.fromkeys(cid for cid, joins in changes if not joins)
-        detached = [x for cid in left for x in (cid, cids.get(cid, 0))]
-        attaching = [cid for cid, joins in changes if joins]
-        args = [
-            self._node,
-            sum(cids.values()),
-            self._lease_ms,
-            self._hold_ms,
-            len(left),
-            *detached,
-            *attaching,
-        ]
-        reply = await self._call(self._sync, self._keys_hsno(channel), args)
-        last, presence = reply[0], reply[1]
-        answers = iter(reply[2:])
-        return [(bool(next(answers)) if joins else True, last, presence) for _, joins in changes]
-
-    def _forget(self, channel: str, cid: str) -> tuple[int, int]:
-        """One connection fewer; returns what is left on this channel and for this cid."""
-        cids = self._conns.get(channel)
-        if cids is None:
-            return 0, 0
-        left = cids.get(cid, 0) - 1
-        if left > 0:
-            cids[cid] = left
-        else:
-            cids.pop(cid, None)
-            left = 0
-        if not cids:
-            del self._conns[channel]
-            self._fanout.untrack(channel)
-        return sum(cids.values()), left
+        await self._leases.attach(channel, cid)
 
     async def detach(self, channel: str, cid: str) -> None:
-        self._forget(channel, cid)
-        self._detaching += 1
-        try:
-            await self._changes.call(channel, (cid, False))
-        except Unavailable:
-            self._dirty.add(channel)
-            raise
-        finally:
-            self._detaching -= 1
+        await self._leases.detach(channel, cid)
 
     # ---------------------------------------------------------------- presence
 
@@ -567,11 +354,11 @@ class RedisBackend:
         await self._presence.present(channel, client)
 
     async def absent(self, channel: str, client: Client, *, keep: bool) -> None:
-        self._detaching += 1  # shutdown waits for it, as for a detach
+        self._leases.detaching += 1  # shutdown waits for it, as for a detach
         try:
             await self._presence.absent(channel, client, keep=keep)
         finally:
-            self._detaching -= 1
+            self._leases.detaching -= 1
 
     async def clients(self, channel: str) -> list[Client]:
         return await self._presence.clients(channel)
@@ -592,7 +379,7 @@ class RedisBackend:
             except DOWN:  # shown stale until Redis answers
                 pass
             except rexc.ResponseError as exc:
-                log.warning("counting channels failed: %s", _brief(exc))
+                log.warning("counting channels failed: %s", brief(exc))
         return {
             "backend": self.name,
             "channels": self._counted[1],
@@ -603,7 +390,7 @@ class RedisBackend:
             # channels this process's pub/sub follows, and the notifications it received
             "redis_followed_channels": len(self._fanout.seen),
             "redis_notifications": self._fanout.heard,
-            "local_channels": len(self._conns),
+            "local_channels": len(self._leases.conns),
         }
 
     async def _count(self) -> tuple[int, int]:
@@ -626,12 +413,6 @@ class RedisBackend:
         return channels, messages
 
 
-def _brief(exc: BaseException) -> str:
-    """An error for a log line: its kind and first line, without secrets."""
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return redact(f"{type(exc).__name__}: {text}")
-
-
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
@@ -649,16 +430,6 @@ def _history_arg(after: str | None) -> str:
     key = None if after == "0" else etag_key(after)
     ours = key is not None and key[0] < ID_LIMIT and key[1] < ID_LIMIT
     return format_etag(key) if ours and key else "0"
-
-
-def _named() -> tuple[str, ...]:
-    """What a connection pool's get_connection() needs: redis-py before 5.3 a command's
-    name (any), since then nothing (and a name is deprecated)."""
-    param = inspect.signature(aioredis.ConnectionPool.get_connection).parameters.get("command_name")
-    return ("EVALSHA",) if param is not None and param.default is param.empty else ()
-
-
-_NAMED = _named()
 
 
 def _arg(value: Any) -> str:
