@@ -19,6 +19,7 @@ import pytest
 from martd_asgi.backends.base import Control, Event
 from martd_asgi.backends.redis import RedisBackend
 from martd_asgi.channels import Message, PushAttributes, etag_key
+from martd_asgi.config import Settings
 from martd_asgi.errors import Conflict, Unavailable
 
 from .helpers import free_socket, redis_url, sse, wait_for
@@ -248,10 +249,19 @@ async def test_redis_over_a_unix_socket_serves_two_processes_as_one(martds: Any)
         assert {"sock:{local}:h", "sock:{local}:s"} <= set(keys)  # the channel lives there
 
 
-def test_redis_unix_socket_url_refuses_cluster_and_sentinel() -> None:
-    for option in ("cluster=1", "sentinel=main"):
-        with pytest.raises(ValueError, match="need a redis:// or rediss:// URL"):
-            RedisBackend(f"unix:///tmp/redis.sock?{option}")
+def test_redis_unix_socket_url_that_cannot_work_is_refused_at_start_up() -> None:
+    refused = {
+        "unix:///tmp/redis.sock?cluster=1": "cluster= and sentinel= need a redis://",
+        "unix:///tmp/redis.sock?sentinel=main": "cluster= and sentinel= need a redis://",
+        "unix://tmp/redis.sock": "a unix:// URL names the socket after three slashes",  # "tmp" would be taken for a host, and dropped
+    }
+    for url, reason in refused.items():
+        with pytest.raises(ValueError, match=f"^backend: {reason}"):
+            RedisBackend(url)
+        with pytest.raises(ValueError, match=f"^backend \\(MARTD_BACKEND\\): {reason}"):
+            Settings(backend=url)
+    for url in ("unix:///tmp/redis.sock?cluster=0", "unix://:secret@/tmp/redis.sock?db=2"):
+        Settings(backend=url)  # no error
 
 
 async def test_redis_restarted_mid_stream_loses_nothing_acknowledged(martds: Any) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from .backends import REDIS_SCHEMES
+from .backends import check_url as check_backend_url
 from .namespaces import EMPTY, Namespaces
 from .namespaces import parse as parse_namespaces
 
@@ -213,10 +213,10 @@ class Settings:
                 raise ValueError(f"{name} ({FIELDS[name][0]}): must be at least {low}")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format (MARTD_LOG_FORMAT): must be 'text' or 'json'")
-        if not (self.backend == "memory" or self.backend.startswith(REDIS_SCHEMES)):
-            raise ValueError(
-                "backend (MARTD_BACKEND): must be 'memory' or a redis:// / rediss:// / unix:// URL"
-            )
+        try:
+            check_backend_url(self.backend)
+        except ValueError as exc:
+            raise ValueError(f"backend (MARTD_BACKEND): {exc}") from None
 
         if self.auth_url is not None:
             check_auth_url(self.auth_url)

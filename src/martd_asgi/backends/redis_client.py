@@ -21,6 +21,7 @@ from redis import exceptions as rexc
 
 from ..errors import Unavailable
 from ..logs import redact
+from . import YES, check_url
 from .redis_line import AVAILABLE as LINE_AVAILABLE
 from .redis_line import Line, pack
 
@@ -36,18 +37,20 @@ POOL_WAIT = 5.0
 def connect(url: str, options: dict[str, Any]) -> tuple[Any, str, list[Any]]:
     """A redis-py asyncio client for ``url``, the key prefix it asks for, and
     the further clients to close with it (Sentinel's)."""
+    try:
+        check_url(url)
+    except ValueError as exc:
+        raise ValueError(f"backend: {exc}") from None
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     prefix = query.pop("prefix", "martd")
-    cluster = query.pop("cluster", "").lower() in ("1", "true", "yes")
+    cluster = query.pop("cluster", "").lower() in YES
     master = query.pop("sentinel", None)
     more = [h for h in query.pop("sentinels", "").split(",") if h]
     plain = urlunsplit(parts._replace(query=urlencode(query)))
     if parts.scheme == "unix" and not parts.netloc:
         plain = "unix://" + plain.removeprefix("unix:")  # urlunsplit drops the empty host
     options = {"decode_responses": True, **options}
-    if parts.scheme == "unix" and (cluster or master):
-        raise ValueError("backend: cluster= and sentinel= need a redis:// or rediss:// URL")
     if cluster:
         from redis.asyncio.cluster import RedisCluster
 
