@@ -187,6 +187,15 @@ def test_cli_sub_takes_sigint_in_a_test_run_started_in_the_background(served: Se
         (["pub", "ch", "x", "--size", "many"], "--size"),
         (["serve", "--port", "abc"], "'abc' is not a port number (0 to 65535)"),
         (["serve", "--workers", "2"], "redis"),
+        # Refused before any worker starts (each would fail, and be started again).
+        (
+            ["serve", "--workers", "2", "--backend", "unix:///tmp/r.sock?cluster=1"],
+            "backend (MARTD_BACKEND): cluster= and sentinel= need a redis:// or rediss:// URL",
+        ),
+        (
+            ["serve", "--workers", "2", "--backend", "redis://127.0.0.1:abc/0"],
+            "backend: Port could not be cast to integer",
+        ),
         (["serve", "--upstream", "localhost:3000"], "--upstream"),
         (["serve", "--prefix", "martd"], "--prefix"),
         (["token"], "--secret"),

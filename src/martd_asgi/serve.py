@@ -154,6 +154,15 @@ def build_config(
         # compression state more than doubled an idle WebSocket's memory.
         "ws_per_message_deflate": False,
     }
+    try:
+        # Built here even when workers build their own: a setting that cannot work
+        # (a malformed backend URL, say) is then one line and an exit, not workers
+        # failing and restarted without end.
+        app = build_app(
+            upstream=upstream, prefix=prefix, upstream_timeout=upstream_timeout, backend=backend
+        )
+    except ValueError as exc:
+        raise SettingError(str(exc)) from None
     if workers > 1:
         # Workers import the app by name, so hand them its options by environment.
         os.environ.update(
@@ -165,12 +174,6 @@ def build_config(
         return uvicorn.Config(
             "martd_asgi.serve:_serve_app", factory=True, workers=workers, **options
         )
-    try:
-        app = build_app(
-            upstream=upstream, prefix=prefix, upstream_timeout=upstream_timeout, backend=backend
-        )
-    except ValueError as exc:
-        raise SettingError(str(exc)) from None
     return uvicorn.Config(app, **options)
 
 

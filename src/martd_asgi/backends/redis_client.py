@@ -39,8 +39,15 @@ def connect(url: str, options: dict[str, Any]) -> tuple[Any, str, list[Any]]:
     the further clients to close with it (Sentinel's)."""
     try:
         check_url(url)
-    except ValueError as exc:
-        raise ValueError(f"backend: {exc}") from None
+        return _connect(url, options)
+    except ValueError as exc:  # ours, or redis-py's (a port that is not a number, ...)
+        message = str(exc)
+        if not message.startswith("backend:"):
+            message = f"backend: {message}"
+        raise ValueError(message) from None
+
+
+def _connect(url: str, options: dict[str, Any]) -> tuple[Any, str, list[Any]]:
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     prefix = query.pop("prefix", "martd")
