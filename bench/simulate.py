@@ -244,7 +244,7 @@ async def window(
             {
                 "process": name,
                 **{key: round(v) for key, v in ops.items()},
-                "cpu predicted s": round(cpu, 2),
+                "cpu predicted s": round(cpu, 4),
                 "cpu measured s": round(measured[name], 2),
                 "core share measured": round(measured[name] / span, 3),
             }
@@ -266,7 +266,7 @@ async def window(
         "late_pushes": late,
         "processes": rows,
         "redis": {
-            "cpu predicted s": round(redis_cpu, 2),
+            "cpu predicted s": round(redis_cpu, 4),
             "cpu measured s": round(measured["redis"], 2),
             "script calls": measured["calls"],
             "renewals predicted": round(totals["renewals"]),
