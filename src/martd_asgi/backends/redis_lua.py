@@ -141,14 +141,20 @@ local function count_subs(n, now)
 end
 
 -- The channel exists while it holds messages or has subscribers.
+-- A channel with no subscribers and no message left goes: true when it went.
+local function dropped_if_empty(h, s, subs)
+  if subs == 0 and redis.call('XLEN', s) == 0 then
+    redis.call('DEL', h, s)
+    return true
+  end
+  return false
+end
+
 local function alive(h, s, n, now)
   local subs = count_subs(n, now)
   if redis.call('EXISTS', h) == 0 then return false, subs end
   trim_expired(h, s, now)
-  if subs == 0 and redis.call('XLEN', s) == 0 then
-    redis.call('DEL', h, s)
-    return false, 0
-  end
+  if dropped_if_empty(h, s, subs) then return false, 0 end
   return true, subs
 end
 
@@ -241,8 +247,7 @@ if exists then
     trim_expired(h, s, now)
     cur = read()
   end
-  if subs == 0 and redis.call('XLEN', s) == 0 then
-    redis.call('DEL', h, s)
+  if dropped_if_empty(h, s, subs) then
     exists = false
     cur = {false, false, false, false, false, false, false, false, false, false, false, false}
   end
