@@ -28,7 +28,7 @@ from typing import Any
 
 from ..presence import Client
 from .redis_batch import cancel_all
-from .redis_lua import BASICS
+from .redis_lua_lib import BASICS
 
 log = logging.getLogger("martd.redis")
 
